@@ -1,0 +1,42 @@
+"""losam-peft: Learnable Ophthalmology SAM as a PEFT adapter on transformers' SAM image encoder.
+
+Importing the package registers the "LOSAM" PEFT type (so ``peft.get_peft_model``/``PeftModel.from_pretrained`` know
+``LoSamConfig``) and the Auto classes (``AutoModelForSemanticSegmentation`` and ``AutoImageProcessor`` for
+``SamVisionConfig`` checkpoints written by this package).
+"""
+
+from __future__ import annotations
+
+from .image_processing_losam import LoSamImageProcessor
+from .modeling_losam import (
+    LoSamSegmentationHead,
+    SamForSemanticSegmentation,
+    count_parameters,
+    sam_vision_config,
+)
+from .tuner import LOSAM_PEFT_TYPE, LoSamConfig, LoSamLayer, LoSamModel, LoSamPromptLayer
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes() -> None:
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, SamVisionConfig
+
+    AutoModelForSemanticSegmentation.register(SamVisionConfig, SamForSemanticSegmentation, exist_ok=True)
+    AutoImageProcessor.register(SamVisionConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)
+
+
+_register_auto_classes()
+
+__all__ = [
+    "LOSAM_PEFT_TYPE",
+    "LoSamConfig",
+    "LoSamImageProcessor",
+    "LoSamLayer",
+    "LoSamModel",
+    "LoSamPromptLayer",
+    "LoSamSegmentationHead",
+    "SamForSemanticSegmentation",
+    "count_parameters",
+    "sam_vision_config",
+]

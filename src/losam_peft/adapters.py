@@ -1,0 +1,56 @@
+"""Loading LoSAM adapters onto a base model: safetensors only, with clear errors before PEFT sees the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .loading import CheckpointError, resolve_file
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def read_adapter_config(adapter: str, **hub_kwargs):
+    """The ``LoSamConfig`` of an adapter folder or Hub repository."""
+    from .tuner import LOSAM_PEFT_TYPE, LoSamConfig
+
+    path = resolve_file(str(adapter), ADAPTER_CONFIG_NAME, **hub_kwargs)
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: cannot read the adapter configuration ({err})") from None
+    if data.get("peft_type") != LOSAM_PEFT_TYPE:
+        raise CheckpointError(f"{path}: peft_type is {data.get('peft_type')!r}, not a LoSAM adapter ({LOSAM_PEFT_TYPE!r})")
+    known = set(LoSamConfig.__dataclass_fields__)
+    return LoSamConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+
+
+def check_adapter_files(adapter: str, **hub_kwargs) -> None:
+    """Refuse an adapter without ``adapter_model.safetensors`` (pickled ``.bin`` weights are never loaded)."""
+    folder = Path(str(adapter)).expanduser()
+    if folder.is_dir() and not (folder / ADAPTER_WEIGHTS_NAME).is_file():
+        extra = " (it has adapter_model.bin, which losam-peft does not unpickle)" if (folder / "adapter_model.bin").exists() else ""
+        raise CheckpointError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{extra}")
+    resolve_file(str(adapter), ADAPTER_WEIGHTS_NAME, **hub_kwargs)
+
+
+def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs):
+    """Put a saved LoSAM adapter on ``model``.
+
+    ``model`` is a ``SamForSemanticSegmentation`` (returns a new ``PeftModel``) or a ``PeftModel`` that already holds
+    adapters (adds ``adapter_name`` beside them, for switching with ``set_adapter``). The adapter's encoder size and
+    labels are checked against the model before any weight is read.
+    """
+    from peft import PeftModel
+
+    check_adapter_files(adapter, **hub_kwargs)
+    config = read_adapter_config(adapter, **hub_kwargs)
+    config.inference_mode = not is_trainable
+    kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs)
+        return model
+    return PeftModel.from_pretrained(
+        model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
+    )

@@ -1,0 +1,138 @@
+"""``LoSamModel``: the PEFT tuner that wraps every targeted ``SamVisionLayer`` in a ``LoSamLayer``."""
+
+from __future__ import annotations
+
+from peft.tuners.tuners_utils import BaseTuner, _get_submodules, check_target_module_exists
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
+from transformers.models.sam.modeling_sam import SamVisionLayer
+
+from .config import DEFAULT_TARGET_MODULES, LoSamConfig
+from .layer import LoSamLayer
+
+
+class LoSamModel(BaseTuner):
+    """Adds a learnable prompt layer before every targeted block of a SAM image encoder (Learnable Ophthalmology SAM).
+
+    Use through PEFT: ``peft.get_peft_model(SamForSemanticSegmentation(...), LoSamConfig())``.
+    """
+
+    prefix: str = "losam_"
+    tuner_layer_cls = LoSamLayer
+    target_module_mapping: dict = {}
+
+    def _prepare_adapter_config(self, peft_config: LoSamConfig, model_config: dict) -> LoSamConfig:
+        if peft_config.target_modules is None:
+            peft_config.target_modules = DEFAULT_TARGET_MODULES
+        return peft_config
+
+    def _pre_injection_hook(self, model: nn.Module, config: LoSamConfig, adapter_name: str) -> None:
+        blocks = [name for name, module in model.named_modules() if isinstance(module, (SamVisionLayer, LoSamLayer))]
+        blocks = [name for name in blocks if ".base_layer" not in name]
+        if not blocks:
+            raise ValueError(
+                f"LoSAM adapts a SAM image encoder, but {type(model).__name__} contains no SamVisionLayer blocks"
+            )
+        hidden = _encoder_hidden_size(model, blocks[0])
+        _check_recorded("encoder_hidden_size", config.encoder_hidden_size, hidden, adapter_name)
+        _check_recorded("encoder_num_layers", config.encoder_num_layers, len(blocks), adapter_name)
+        config.encoder_hidden_size, config.encoder_num_layers = hidden, len(blocks)
+        model_config = getattr(model, "config", None)
+        model_labels = getattr(model_config, "num_labels", None) if hasattr(model, "segmentation_head") else None
+        if model_labels is not None:
+            _check_recorded("num_labels", config.num_labels, model_labels, adapter_name)
+            config.num_labels = model_labels
+            if config.id2label is None:
+                config.id2label = {int(k): str(v) for k, v in model_config.id2label.items()}
+        if config.image_size is None and model_config is not None:
+            config.image_size = getattr(model_config, "image_size", None)
+
+        targets = config.target_modules if config.target_modules is not None else DEFAULT_TARGET_MODULES
+        probe = LoSamConfig(target_modules=targets, exclude_modules=config.exclude_modules)
+        matched = [name for name, _ in model.named_modules() if check_target_module_exists(probe, name)]
+        matched = [name for name in matched if ".base_layer" not in name and "losam_" not in name]
+        if not matched:
+            raise ValueError(
+                f"LoSamConfig.target_modules={targets!r} matches no module; expected encoder blocks such as "
+                f"{blocks[0]!r} … {blocks[-1]!r}"
+            )
+        wrong = [name for name in matched if name not in blocks]
+        if wrong:
+            kinds = {type(model.get_submodule(name)).__name__ for name in wrong}
+            raise ValueError(
+                f"LoSamConfig.target_modules={targets!r} matches {wrong[:3]} ({', '.join(sorted(kinds))}); LoSAM "
+                f"prompt layers go in front of SamVisionLayer blocks only, such as {blocks[0]!r}"
+            )
+
+    def _create_and_replace(
+        self,
+        peft_config: LoSamConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs,
+    ) -> None:
+        if isinstance(target, LoSamLayer):
+            target.update_layer(adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
+            return
+        if not isinstance(target, SamVisionLayer):
+            raise ValueError(f"{current_key} is a {type(target).__name__}; LoSAM targets SamVisionLayer blocks only")
+        new_module = LoSamLayer(target, adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def unload(self) -> nn.Module:
+        """The untouched base model: prompt layers removed and the base model's own head put back.
+
+        (PEFT's default would keep the active adapter's trained copy of the head; the trained head lives on in the
+        adapter files.)
+        """
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, ModulesToSaveWrapper):
+                parent, _, child_name = _get_submodules(self.model, name)
+                setattr(parent, child_name, module.original_module)
+        return self._unload_and_optionally_merge(merge=False)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # Encoder blocks have no single `weight` to re-attach (PEFT's default assumes a Linear-like module); the prompt
+        # layers were already put on the block's device by LoSamLayer.update_layer.
+        setattr(parent, child_name, new_module)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # prompt layers are whole modules: "…losam_prompt.<adapter>.down.weight" is saved as "…losam_prompt.down.weight"
+        marker = f".losam_prompt.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, ".losam_prompt.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    def _check_merge_allowed(self):
+        raise ValueError("LoSAM prompt layers cannot be merged into the encoder; use unload() instead")
+
+
+def _encoder_hidden_size(model: nn.Module, block_name: str) -> int:
+    block = model.get_submodule(block_name)
+    if isinstance(block, LoSamLayer):
+        return block.hidden_size
+    return block.layer_norm1.normalized_shape[0]
+
+
+def _check_recorded(field: str, recorded, found, adapter_name: str) -> None:
+    if recorded is not None and int(recorded) != int(found):
+        what = {
+            "encoder_hidden_size": "an encoder of hidden size",
+            "encoder_num_layers": "an encoder with this many blocks:",
+            "num_labels": "a head with num_labels =",
+        }[field]
+        raise ValueError(
+            f"adapter {adapter_name!r} was made for {what} {recorded}, but the model has {found}; "
+            + (
+                "load the base model with the adapter's labels (num_labels/id2label from adapter_config.json)"
+                if field == "num_labels"
+                else "load it onto the SAM encoder size it was trained with (see base_model_name_or_path)"
+            )
+        )
+
