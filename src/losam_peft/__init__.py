@@ -7,6 +7,11 @@ Importing the package registers the "LOSAM" PEFT type (so ``peft.get_peft_model`
 
 from __future__ import annotations
 
+import warnings
+
+# PEFT 0.21 still asks transformers 5 for `is_gradient_checkpointing`; the deprecation is not the user's to act on.
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 from .image_processing_losam import LoSamImageProcessor
 from .modeling_losam import (
     LoSamSegmentationHead,

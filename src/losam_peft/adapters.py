@@ -54,3 +54,55 @@ def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainabl
     return PeftModel.from_pretrained(
         model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
     )
+
+
+def save_adapter(
+    model,
+    output_dir,
+    *,
+    image_processor=None,
+    metrics: dict | None = None,
+    training: dict | None = None,
+    datasets: list[str] | None = None,
+    adapter_name: str = "default",
+) -> Path:
+    """Write a LoSAM adapter with its image processor and model card into ``output_dir``.
+
+    Everything is written into a staging folder beside ``output_dir`` first and then moved into place file by file
+    with ``os.replace``, so an interruption never leaves a half-written adapter file behind.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=output_dir))
+    try:
+        # save_embedding_layers=False: LoSAM has no embedding layers, and PEFT's "auto" would query the Hub
+        model.save_pretrained(
+            str(staging), selected_adapters=[adapter_name], safe_serialization=True, save_embedding_layers=False
+        )
+        inner = staging / adapter_name if adapter_name != "default" and (staging / adapter_name).is_dir() else staging
+        if image_processor is not None:
+            image_processor.save_pretrained(str(inner))
+        try:
+            from .model_card import write_model_card
+        except ImportError:  # pragma: no cover - model cards ship with the package
+            write_model_card = None
+        if write_model_card is not None:
+            config = model.peft_config[adapter_name]
+            write_model_card(
+                inner,
+                config,
+                base_model=config.base_model_name_or_path,
+                metrics=metrics,
+                training=training,
+                datasets=datasets,
+            )
+        for item in inner.iterdir():
+            if item.is_file():
+                os.replace(item, output_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir

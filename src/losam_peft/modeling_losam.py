@@ -59,6 +59,11 @@ class MultiScaleConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # PyTorch's CPU backward of dilated depthwise convs in bf16 yields non-finite weight gradients (seen with
+            # torch 2.13); this block is a negligible share of the compute, so it always runs in float32 under AMP.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self.forward(x.float())
         chunks = torch.split(x, self.width, dim=1)
         return torch.cat([branch(chunk) for branch, chunk in zip(self.branches, chunks)], dim=1)
 
