@@ -19,7 +19,10 @@ from .modeling_losam import (
     count_parameters,
     sam_vision_config,
 )
+from .pipeline import LoSamPipeline, SegmentationResult
 from .tuner import LOSAM_PEFT_TYPE, LoSamConfig, LoSamLayer, LoSamModel, LoSamPromptLayer
+from .adapters import load_adapter, save_adapter
+from .metrics import SegmentationMetricAccumulator, format_paper_table, segmentation_metrics
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,13 @@ __all__ = [
     "LoSamImageProcessor",
     "LoSamLayer",
     "LoSamModel",
+    "LoSamPipeline",
+    "SegmentationResult",
+    "SegmentationMetricAccumulator",
+    "format_paper_table",
+    "load_adapter",
+    "save_adapter",
+    "segmentation_metrics",
     "LoSamPromptLayer",
     "LoSamSegmentationHead",
     "SamForSemanticSegmentation",

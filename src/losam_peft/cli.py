@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _labels(text: str | None) -> dict[int, str] | None:
@@ -195,14 +194,13 @@ def _cmd_push(args):
 
 
 def _cmd_list_adapters(args):
-    from .hub import find_adapters
+    from .hub import find_adapters, format_adapters
 
     found = find_adapters(modality=args.modality, task=args.task, search=args.search, limit=args.limit)
     if not found:
         print("no adapters found on the Hub with the 'losam' tag" + (f" and modality {args.modality}" if args.modality else ""))
         return
-    for item in found:
-        print("\t".join(str(item.get(k, "")) for k in ("id", "modality", "task", "downloads", "last_modified")))
+    print(format_adapters(found))
 
 
 def _cmd_data_convert(args):
@@ -304,12 +302,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data.io import DataError
+    from .hub import AdapterFolderError, HubError
     from .loading import CheckpointError
+    from .predict import PredictionError
     from .training import TrainingError
 
     try:
         args.func(args)
-    except (DataError, CheckpointError, TrainingError, FileNotFoundError) as err:
+    except (DataError, CheckpointError, TrainingError, PredictionError, AdapterFolderError, HubError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -318,5 +321,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
-
-_ = Path

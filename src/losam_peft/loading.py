@@ -46,6 +46,12 @@ def resolve_file(source: str, filename: str, *, required: bool = True, **hub_kwa
 
     try:
         return hf_hub_download(source, filename, **{k: v for k, v in hub_kwargs.items() if v is not None})
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: test it first
+        raise CheckpointError(
+            f"{filename} of {source} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"(offline mode or no network). Download it once while online, e.g. `hf download {source}`, "
+            "or pass a local folder written by save_pretrained"
+        ) from None
     except EntryNotFoundError:
         if required:
             raise CheckpointError(f"the Hub repository {source} has no {filename}") from None
@@ -54,12 +60,6 @@ def resolve_file(source: str, filename: str, *, required: bool = True, **hub_kwa
         raise CheckpointError(
             f"{source!r} is neither a local folder nor a Hub repository you can access "
             "(check the spelling, or log in with `hf auth login` for a private repository)"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"{filename} of {source} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(offline mode or no network). Download it once while online, e.g. `hf download {source}`, "
-            "or pass a local folder written by save_pretrained"
         ) from None
 
 
