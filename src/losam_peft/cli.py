@@ -236,20 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(train)
     train.set_defaults(func=_cmd_train)
 
-    try:  # TEMPORARY while evaluation/compare land
-        from .evaluation import add_evaluate_arguments
+    from .compare import add_compare_arguments
+    from .evaluation import add_evaluate_arguments
 
-        evaluate = sub.add_parser("evaluate", help="evaluate an adapter on a dataset or folder")
-        add_evaluate_arguments(evaluate)
-        evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate = sub.add_parser("evaluate", help="evaluate an adapter on a dataset or folder")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
 
-        from .compare import add_compare_arguments
-
-        compare = sub.add_parser("compare", help="LoSAM vs head-only, LoRA and full fine-tuning on the same shots")
-        add_compare_arguments(compare)
-        compare.set_defaults(func=_cmd_compare)
-    except ImportError:
-        pass
+    compare = sub.add_parser("compare", help="LoSAM vs head-only, LoRA and full fine-tuning on the same shots")
+    add_compare_arguments(compare)
+    compare.set_defaults(func=_cmd_compare)
 
     predict = sub.add_parser("predict", help="segment images, folders or globs with an adapter")
     predict.add_argument("--adapter", required=True, help="adapter folder or Hub id")

@@ -212,11 +212,18 @@ def train(
     *,
     base_model=None,
     progress: bool = True,
+    prepare_model=None,
+    save_model=None,
 ) -> TrainingResult:
     """Train a LoSAM adapter on ``train_samples`` and write it to ``config.output_dir``.
 
     ``base_model`` may be an in-memory ``SamForSemanticSegmentation`` (used as is; ``config.base`` is then only
     recorded); otherwise the base is loaded from ``config.base`` with the training labels.
+
+    ``prepare_model(base_model, config) -> model`` trains something other than a LoSAM adapter with the same loop
+    (``losam_peft.compare``: head-only, LoRA, full fine-tuning); the parameters of ``model`` with ``requires_grad``
+    are optimised. ``save_model(model, output_dir, *, image_processor, metrics, training, datasets)`` then writes it
+    instead of ``adapters.save_adapter``.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -269,10 +276,13 @@ def train(
     data = _PreparedSamples(train_samples, processor, num_labels)
 
     torch.manual_seed(config.seed)
-    model = get_peft_model(
-        base_model,
-        LoSamConfig(reduction=config.reduction, modality=config.modality, task=config.task, base_model_name_or_path=config.base),
-    )
+    if prepare_model is not None:
+        model = prepare_model(base_model, config)
+    else:
+        losam_config = LoSamConfig(
+            reduction=config.reduction, modality=config.modality, task=config.task, base_model_name_or_path=config.base
+        )
+        model = get_peft_model(base_model, losam_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable,
@@ -301,7 +311,7 @@ def train(
     if log_with:
         accelerator.init_trackers("losam", config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))})
 
-    state = {"step": start_step, "best": best, "history": history, "interrupted": False}
+    state = {"step": start_step, "best": best, "history": history, "interrupted": False, "save_model": save_model}
     evaluate_now = _make_evaluator(accelerator, model, processor, eval_samples, id2label, SegmentationMetricAccumulator)
     save_every = config.save_every or max(1, config.eval_every or max_steps // 4 or 1)
     bar = None
@@ -477,6 +487,7 @@ def _save_best(accelerator, model, processor, config, output_dir, metrics, state
     if accelerator.is_main_process:
         from .adapters import save_adapter
 
+        save = state.get("save_model") or save_adapter
         training = {
             "shots": list(config.train_ids),
             "steps": step,
@@ -487,7 +498,7 @@ def _save_best(accelerator, model, processor, config, output_dir, metrics, state
             "processes": accelerator.num_processes,
             "mixed_precision": config.mixed_precision,
         }
-        save_adapter(
+        save(
             accelerator.unwrap_model(model),
             output_dir,
             image_processor=processor,

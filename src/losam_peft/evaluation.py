@@ -1,0 +1,786 @@
+"""Evaluating an adapter on a labelled dataset: the paper's metrics, per-image results, overlays and plots.
+
+    losam evaluate --adapter DIR_OR_ID --dataset NAME --data-root ROOT [--split test] --output-dir DIR
+    losam evaluate --adapter DIR_OR_ID --images DIR --masks DIR --output-dir DIR
+
+The library call behind it is :func:`evaluate_adapter`::
+
+    from losam_peft.evaluation import evaluate_adapter
+    results = evaluate_adapter("path/to/adapter", dataset, output_dir="eval")   # or a LoSamPipeline / model
+    print(format_paper_table(results))
+
+Every image is segmented at the model's input size and the logits are resized back to the image's *original*
+size before the argmax (``LoSamImageProcessor.post_process_semantic_segmentation``), so the metrics are computed on
+the labels exactly as distributed. Pixels outside the field of view (where the dataset has FOV masks; ``--no-fov``
+turns that off) and reference pixels equal to 255 are not evaluated.
+
+Outputs in ``output_dir`` (each written to a temporary file and moved into place with ``os.replace``):
+
+* ``results.json``: the metric dict of :mod:`losam_peft.metrics` (``per_class``, ``per_image_mean``,
+  ``mean_foreground``, ``per_image`` with each image's ``id``) plus ``evaluation`` (adapter, base, dataset, split,
+  FOV use, label check, timing) and ``outputs``;
+* ``results.csv``: one row per class and aggregate (``dataset`` = counts summed over all pixels, ``image`` = mean
+  over images), fractions in [0, 1];
+* ``per_image.csv``: one row per image and class (counts and metrics);
+* ``overlays/best_*.png``, ``overlays/worst_*.png``: image | ground truth | prediction of the images with the
+  highest and lowest mean foreground Dice;
+* ``dice_per_image.png``: the per-image Dice, sorted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.io import DataError
+
+__all__ = [
+    "LabelMismatchError",
+    "add_evaluate_arguments",
+    "check_labels",
+    "evaluate_adapter",
+    "evaluate_command",
+    "load_for_evaluation",
+]
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+PER_IMAGE_CSV = "per_image.csv"
+OVERLAY_DIR = "overlays"
+DICE_PLOT = "dice_per_image.png"
+OVERLAY_MIN_SIDE, OVERLAY_MAX_SIDE = 256, 1024
+METRIC_COLUMNS = ("dice", "recall", "bm", "precision", "iou", "specificity")
+# label names that carry no meaning of their own (folder defaults): a name mismatch against them is not worth a warning
+_GENERIC_NAME = re.compile(r"^(foreground|class[_ ]?\d+|label[_ ]?\d+|\d+)$", re.IGNORECASE)
+
+
+class LabelMismatchError(DataError):
+    """The adapter's classes and the dataset's classes disagree."""
+
+
+# -- atomic writes -----------------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and move it into place (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+# -- labels ------------------------------------------------------------------------------------------------------------
+def _norm_labels(id2label: Mapping | None) -> dict[int, str] | None:
+    if id2label is None:
+        return None
+    return {int(k): str(v) for k, v in dict(id2label).items()}
+
+
+def check_labels(
+    model_labels: Mapping,
+    dataset_labels: Mapping | None,
+    *,
+    model_name: str = "the adapter",
+    dataset_name: str = "the dataset",
+) -> list[str]:
+    """Compare the adapter's ``id2label`` with the dataset's.
+
+    A different number of classes raises :class:`LabelMismatchError` naming both; the same number with different
+    names gives a warning (returned, and issued with ``warnings.warn``). Generic names (``foreground``, ``class_2``)
+    are not compared.
+    """
+    model_labels = _norm_labels(model_labels) or {}
+    dataset_labels = _norm_labels(dataset_labels)
+    if dataset_labels is None:
+        return []
+    if len(model_labels) != len(dataset_labels):
+        raise LabelMismatchError(
+            f"{model_name} predicts {len(model_labels)} classes {_describe(model_labels)}, but {dataset_name} is "
+            f"labelled with {len(dataset_labels)} classes {_describe(dataset_labels)}; evaluate it on data with the "
+            "same classes (or load the dataset variant with matching labels)"
+        )
+    differing = [
+        (i, model_labels[i], dataset_labels.get(i))
+        for i in sorted(model_labels)
+        if i != 0
+        and dataset_labels.get(i) is not None
+        and model_labels[i].strip().lower() != dataset_labels[i].strip().lower()
+        and not _GENERIC_NAME.match(model_labels[i].strip())
+        and not _GENERIC_NAME.match(dataset_labels[i].strip())
+    ]
+    if not differing:
+        return []
+    pairs = ", ".join(f"{i}: {m!r} vs {d!r}" for i, m, d in differing)
+    message = (
+        f"{model_name} and {dataset_name} have the same number of classes but different names ({pairs}); "
+        "the metrics are computed by class id"
+    )
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return [message]
+
+
+def _describe(id2label: Mapping[int, str]) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in sorted(id2label.items())) + ")"
+
+
+# -- samples -----------------------------------------------------------------------------------------------------------
+def _is_hf_dataset(obj) -> bool:
+    try:
+        from datasets import Dataset, IterableDataset
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, (Dataset, IterableDataset))
+
+
+def _dataset_labels(source) -> dict[int, str] | None:
+    if _is_hf_dataset(source):
+        from .data.samples import id2label_of
+
+        return id2label_of(source)
+    return None
+
+
+def _row_to_sample(row: Mapping, index: int):
+    from .data.samples import Sample
+
+    label = np.asarray(row["label"])
+    if label.ndim == 3:
+        label = label[..., 0]
+    fov = row.get("fov")
+    return Sample(
+        image=np.asarray(row["image"]),
+        label=label,
+        id=str(row.get("id", index)),
+        fov=(np.asarray(fov) > 0) if fov is not None else None,
+    )
+
+
+def _to_sample(item, index: int):
+    from .data.samples import Sample
+
+    if isinstance(item, Sample):
+        return item
+    if isinstance(item, Mapping):
+        return _row_to_sample(item, index)
+    label = getattr(item, "label", None)
+    if label is None:
+        label = getattr(item, "mask", None)
+    if label is None or getattr(item, "image", None) is None:
+        raise TypeError(
+            f"item {index}: expected a Sample, a dataset row or an object with image and label/mask, got "
+            f"{type(item).__name__}"
+        )
+    fov = getattr(item, "fov", None)
+    return Sample(
+        np.asarray(item.image), np.asarray(label), str(getattr(item, "id", "") or index), None if fov is None else fov
+    )
+
+
+def _iter_samples(source, limit: int | None) -> Iterator:
+    for index, item in enumerate(source):
+        if limit is not None and index >= limit:
+            return
+        yield _to_sample(item, index)
+
+
+def _length(source, limit: int | None) -> int | None:
+    try:
+        n = len(source)
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
+
+
+# -- the model ---------------------------------------------------------------------------------------------------------
+def load_for_evaluation(adapter: str | os.PathLike, base: str | None = None, device=None, dtype=None):
+    """A ``LoSamPipeline`` for an adapter folder/Hub id, or for a model written by ``losam compare`` (head-only,
+    LoRA or fully fine-tuned: a folder with ``method.json``)."""
+    folder = Path(str(adapter)).expanduser()
+    if folder.is_dir() and (folder / "method.json").is_file():
+        method = json.loads((folder / "method.json").read_text()).get("method")
+        if method and method != "losam":
+            from .compare import load_method_pipeline
+
+            return load_method_pipeline(folder, base=base, device=device, dtype=dtype)
+    from .pipeline import LoSamPipeline
+
+    return LoSamPipeline.from_pretrained(str(adapter), base=base, device=device, dtype=dtype)
+
+
+def _as_pipeline(model_or_pipeline, *, base, device, dtype, image_processor):
+    from .pipeline import LoSamPipeline
+
+    if isinstance(model_or_pipeline, (str, os.PathLike)):
+        return load_for_evaluation(model_or_pipeline, base=base, device=device, dtype=dtype)
+    if hasattr(model_or_pipeline, "predict_loaded") and hasattr(model_or_pipeline, "id2label"):
+        return model_or_pipeline
+    if isinstance(model_or_pipeline, torch.nn.Module):
+        return LoSamPipeline(model_or_pipeline, image_processor, device=device, dtype=dtype)
+    raise TypeError(
+        "evaluate_adapter needs a LoSamPipeline, a model (PeftModel or SamForSemanticSegmentation) or an adapter "
+        f"folder/Hub id, got {type(model_or_pipeline).__name__}"
+    )
+
+
+def _model_name(pipe, fallback: str = "the adapter") -> str:
+    name = getattr(pipe, "adapter", None)
+    return f"the adapter {name}" if name else fallback
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------------
+def evaluate_adapter(
+    model_or_pipeline,
+    samples,
+    id2label: Mapping | None = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    base: str | None = None,
+    device=None,
+    dtype=None,
+    image_processor=None,
+    batch_size: int = 1,
+    use_fov: bool = True,
+    max_images: int | None = None,
+    num_overlays: int = 3,
+    plot: bool = True,
+    progress: bool = True,
+    dataset_name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict:
+    """Segment every sample and compute the paper's metrics against its label.
+
+    Args:
+        model_or_pipeline: a ``LoSamPipeline``, a model (``PeftModel`` with a LoSAM adapter or any
+            ``SamForSemanticSegmentation``; wrapped with ``image_processor``), or an adapter folder / Hub id.
+        samples: a ``datasets.Dataset`` with ``image``/``label`` (and ``fov``/``id``) columns, or a sequence of
+            :class:`losam_peft.data.samples.Sample` (or dataset rows). Rows are read one at a time.
+        id2label: the dataset's class names, checked against the model's (default: read from a loaded dataset).
+            A different number of classes raises :class:`LabelMismatchError`; different names only warn.
+        output_dir: where the result files go (see the module docstring); ``None`` writes nothing.
+        base, device, dtype: for loading an adapter given by name (``base`` overrides the adapter's base model).
+        batch_size: images per forward pass.
+        use_fov: leave pixels outside each sample's FOV mask out (where the sample has one).
+        max_images: evaluate only the first N images.
+        num_overlays: how many best and worst images get an overlay PNG.
+        plot: write ``dice_per_image.png``.
+        progress: show a progress bar.
+        dataset_name: how the data is named in messages and ``results.json``.
+        metadata: extra entries recorded under ``results["evaluation"]``.
+
+    Returns:
+        The metric dict of :func:`losam_peft.metrics.segmentation_metrics` (so ``format_paper_table`` and
+        ``training.mean_foreground_dice`` take it as is), whose ``per_image`` entries also carry the image ``id``,
+        plus ``evaluation`` (what was evaluated, how, and how long it took) and ``outputs`` (paths written).
+    """
+    from .metrics import SegmentationMetricAccumulator
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    started = time.perf_counter()
+    dataset_name = dataset_name or "the dataset"
+    pipe = _as_pipeline(model_or_pipeline, base=base, device=device, dtype=dtype, image_processor=image_processor)
+    model_labels = {int(k): str(v) for k, v in pipe.id2label.items()}
+    num_labels = len(model_labels)
+    data_labels = _norm_labels(id2label) if id2label is not None else _dataset_labels(samples)
+    label_warnings = check_labels(model_labels, data_labels, model_name=_model_name(pipe), dataset_name=dataset_name)
+
+    total = _length(samples, max_images)
+    if total == 0:
+        raise DataError(f"nothing to evaluate: {dataset_name} holds no images (evaluating {_model_name(pipe)})")
+
+    accumulator = SegmentationMetricAccumulator(num_labels=num_labels)
+    ids: list[str] = []
+    fov_used = 0
+    keep = max(0, int(num_overlays))
+    best: list = []  # min-heap of (dice, order, payload): the `keep` highest
+    worst: list = []  # min-heap of (-dice, order, payload): the `keep` lowest
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"evaluating {dataset_name}", unit="img", dynamic_ncols=True)
+
+    def run(batch):
+        nonlocal fov_used
+        results = pipe.predict_loaded([s.image for s in batch], batch_size=batch_size)
+        for sample, result in zip(batch, results):
+            prediction = np.asarray(result.label_map)
+            reference = np.asarray(sample.label)
+            if prediction.shape != reference.shape:
+                raise DataError(
+                    f"image {sample.id!r} of {dataset_name}: the prediction of {_model_name(pipe)} is "
+                    f"{prediction.shape[1]}x{prediction.shape[0]} pixels but the reference mask is "
+                    f"{reference.shape[1]}x{reference.shape[0]}"
+                )
+            _check_reference(reference, num_labels, sample.id, dataset_name, model_labels, data_labels)
+            fov = sample.fov if (use_fov and sample.fov is not None) else None
+            fov_used += fov is not None
+            accumulator.update(
+                torch.from_numpy(prediction.astype(np.int64)),
+                torch.from_numpy(reference.astype(np.int64)),
+                fov=None if fov is None else torch.from_numpy(np.asarray(fov, dtype=bool)),
+            )
+            order = len(ids)
+            ids.append(str(sample.id))
+            if keep:
+                dice = _mean_foreground_dice_of(accumulator.per_image_confusion()[-1])
+                if dice is not None:
+                    payload = (sample, prediction, fov)
+                    _push(best, (dice, -order, payload), keep)
+                    _push(worst, (-dice, -order, payload), keep)
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        batch = []
+        for sample in _iter_samples(samples, max_images):
+            batch.append(sample)
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not ids:
+        raise DataError(f"nothing to evaluate: {dataset_name} holds no images (evaluating {_model_name(pipe)})")
+
+    results = accumulator.compute(id2label=model_labels, per_image=True)
+    for entry, image_id in zip(results["per_image"], ids):
+        entry["id"] = image_id
+        entry["mean_foreground_dice"] = _mean_defined(
+            [c.get("dice") for k, c in entry["per_class"].items() if int(k) != 0]
+        )
+    seconds = time.perf_counter() - started
+    results["evaluation"] = {
+        "adapter": getattr(pipe, "adapter", None),
+        "base": getattr(pipe, "base_model", None) or base,
+        "dataset": dataset_name,
+        "num_images": len(ids),
+        "image_ids": ids,
+        "fov": bool(use_fov),
+        "images_with_fov": fov_used,
+        "model_labels": model_labels,
+        "dataset_labels": data_labels,
+        "label_warnings": label_warnings,
+        "image_size": getattr(pipe, "image_size", None),
+        "device": str(getattr(pipe, "device", "")),
+        "dtype": str(getattr(pipe, "dtype", None) or "float32").replace("torch.", ""),
+        "batch_size": batch_size,
+        "seconds": round(seconds, 3),
+        **dict(metadata or {}),
+    }
+    results["outputs"] = {}
+    if output_dir is not None:
+        results["outputs"] = _write_outputs(
+            Path(output_dir), results, ids, pipe, sorted(best, reverse=True), sorted(worst, reverse=True), plot
+        )
+        atomic_write_json(Path(output_dir) / RESULTS_JSON, results)
+    return results
+
+
+def _push(heap: list, item, keep: int) -> None:
+    # the payload never takes part in the ordering: (score, -order) is unique
+    if len(heap) < keep:
+        heapq.heappush(heap, _Ranked(item))
+    elif item[:2] > heap[0].key:
+        heapq.heapreplace(heap, _Ranked(item))
+
+
+class _Ranked:
+    __slots__ = ("key", "payload")
+
+    def __init__(self, item):
+        self.key, self.payload = item[:2], item[2]
+
+    def __lt__(self, other):
+        return self.key < other.key
+
+
+def _check_reference(reference, num_labels, image_id, dataset_name, model_labels, data_labels) -> None:
+    values = np.unique(reference)
+    bad = values[(values >= num_labels) & (values != 255)]
+    if bad.size:
+        raise LabelMismatchError(
+            f"image {image_id!r} of {dataset_name} holds class ids {bad[:8].tolist()}, but the adapter predicts only "
+            f"{num_labels} classes {_describe(model_labels)}"
+            + (f"; the dataset's classes are {_describe(data_labels)}" if data_labels else "")
+        )
+
+
+def _mean_defined(values) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return math.fsum(kept) / len(kept) if kept else None
+
+
+def _mean_foreground_dice_of(confusion: torch.Tensor) -> float | None:
+    cm = confusion.to("cpu", torch.int64).numpy()
+    tp = np.diagonal(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    values = []
+    for c in range(1, cm.shape[0]):
+        denominator = 2 * tp[c] + fp[c] + fn[c]
+        if denominator > 0:
+            values.append(2 * tp[c] / denominator)
+    return float(np.mean(values)) if values else None
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------------
+def results_rows(results: Mapping[str, Any]) -> list[dict]:
+    """Rows of ``results.csv``: every class at both aggregation levels, then the foreground means."""
+    rows = []
+    for level, key in (("dataset", "per_class"), ("image", "per_image_mean")):
+        for class_id, entry in sorted(((int(k), v) for k, v in results[key].items())):
+            row = {"level": level, "class_id": class_id, "class": entry.get("name", str(class_id))}
+            row.update({m: entry.get(m) for m in METRIC_COLUMNS})
+            if level == "dataset":
+                row.update({k: entry.get(k) for k in ("tp", "fp", "fn", "tn")})
+            rows.append(row)
+        mean = results.get("mean_foreground", {}).get(level, {})
+        rows.append(
+            {"level": level, "class_id": "", "class": "mean (foreground)", **{m: mean.get(m) for m in METRIC_COLUMNS}}
+        )
+    return rows
+
+
+def _write_outputs(output_dir: Path, results, ids, pipe, best, worst, plot: bool) -> dict:
+    from .metrics import per_image_rows
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {"results_json": str(output_dir / RESULTS_JSON)}
+    columns = ["level", "class_id", "class", *METRIC_COLUMNS, "tp", "fp", "fn", "tn"]
+    atomic_write_csv(output_dir / RESULTS_CSV, results_rows(results), columns)
+    outputs["results_csv"] = str(output_dir / RESULTS_CSV)
+    rows = per_image_rows(results, image_names=ids)
+    atomic_write_csv(output_dir / PER_IMAGE_CSV, rows, list(rows[0]) if rows else None)
+    outputs["per_image_csv"] = str(output_dir / PER_IMAGE_CSV)
+    overlays = []
+    for kind, ranked in (("best", best), ("worst", worst)):
+        for rank, item in enumerate(ranked, start=1):
+            sample, prediction, fov = item.payload
+            dice = abs(item.key[0])
+            name = f"{kind}_{rank:02d}_{_safe_name(sample.id)}.png"
+            _write_overlay(
+                output_dir / OVERLAY_DIR / name, sample, prediction, fov, pipe, f"{kind} {rank}: {sample.id}", dice
+            )
+            overlays.append(str(output_dir / OVERLAY_DIR / name))
+    outputs["overlays"] = overlays
+    if plot:
+        _plot_dice(results, output_dir / DICE_PLOT)
+        outputs["dice_plot"] = str(output_dir / DICE_PLOT)
+    return outputs
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")[:80] or "image"
+
+
+def _write_overlay(path: Path, sample, prediction, fov, pipe, title: str, dice: float) -> None:
+    from PIL import Image, ImageDraw
+
+    from .pipeline import overlay, to_rgb8
+
+    num_labels = len(pipe.id2label)
+    rgb = to_rgb8(sample.image)
+    reference = np.where(np.asarray(sample.label) == 255, 0, np.asarray(sample.label)).astype(np.int64)
+    shown_prediction = np.asarray(prediction).astype(np.int64)
+    if fov is not None:  # what is outside the FOV is not evaluated: do not draw it either
+        shown_prediction = np.where(fov, shown_prediction, 0)
+    panels = [
+        Image.fromarray(rgb),
+        overlay(rgb, reference, alpha=0.6, num_labels=num_labels),
+        overlay(rgb, shown_prediction, alpha=0.6, num_labels=num_labels),
+    ]
+    height, width = rgb.shape[:2]
+    # panels are shown at a readable size: small images are enlarged (pixels kept sharp), huge ones reduced
+    scale = 1.0
+    if max(height, width) < OVERLAY_MIN_SIDE:
+        scale = float(math.ceil(OVERLAY_MIN_SIDE / max(height, width)))
+    elif max(height, width) > OVERLAY_MAX_SIDE:
+        scale = OVERLAY_MAX_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.NEAREST if scale >= 1 else Image.LANCZOS
+    panels = [panel.resize(size, resample) if size != (width, height) else panel for panel in panels]
+    width, height = size
+    header = 16
+    canvas = Image.new("RGB", (3 * width + 20, height + 2 * header), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, (panel, caption) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+        canvas.paste(panel, (column * (width + 10), 2 * header))
+        draw.text((column * (width + 10) + 2, header + 2), caption, fill="black")
+    draw.text((2, 2), f"{title}  (mean foreground Dice {100 * dice:.2f}%)", fill="black")
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plot_dice(results: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = results["per_image"]
+    labels = {int(k): v for k, v in results.get("labels", {}).items()}
+    foreground = [c for c in sorted(labels) if c != 0]
+    order = sorted(
+        range(len(entries)),
+        key=lambda i: (entries[i].get("mean_foreground_dice") is None, entries[i].get("mean_foreground_dice") or 0.0),
+    )
+    width = min(16.0, max(6.0, 0.25 * len(entries) + 2))
+    figure, axis = plt.subplots(figsize=(width, 4), dpi=100)
+    x = np.arange(len(order))
+    means = [entries[i].get("mean_foreground_dice") for i in order]
+    axis.bar(x, [100 * (v or 0.0) for v in means], color="tab:blue", alpha=0.6, label="mean foreground Dice")
+    if len(foreground) > 1:
+        for c in foreground[:10]:
+            values = [
+                entries[i]["per_class"].get(c, entries[i]["per_class"].get(str(c), {})).get("dice") for i in order
+            ]
+            axis.plot(
+                x, [np.nan if v is None else 100 * v for v in values], "o", markersize=3, label=labels.get(c, str(c))
+            )
+    dataset_mean = results.get("mean_foreground", {}).get("dataset", {}).get("dice")
+    if dataset_mean is not None:
+        axis.axhline(
+            100 * dataset_mean, color="tab:red", linestyle="--", label=f"dataset Dice {100 * dataset_mean:.2f}%"
+        )
+    if len(order) <= 40:
+        axis.set_xticks(x)
+        axis.set_xticklabels([str(entries[i].get("id", i)) for i in order], rotation=90, fontsize=7)
+    else:
+        axis.set_xlabel("images, sorted by Dice")
+    axis.set_ylabel("Dice (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(f"per-image Dice ({len(entries)} images)")
+    axis.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# -- command line ------------------------------------------------------------------------------------------------------
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``losam evaluate``."""
+    parser.add_argument(
+        "--adapter", required=True, help="adapter folder or Hub id (or a model folder from losam compare)"
+    )
+    parser.add_argument("--base", default=None, help="override the base SAM checkpoint named by the adapter")
+    data = parser.add_argument_group("evaluation data (a dataset, or --images with --masks)")
+    data.add_argument("--dataset", default=None, help="a dataset name (losam_peft.data.DATASETS) or 'folder'")
+    data.add_argument("--data-root", default=None, help="where the dataset's download is unpacked")
+    data.add_argument(
+        "--split", default=None, help="split to evaluate (default: test where the dataset has one, else all)"
+    )
+    data.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a dataset variant, e.g. subset=DVC (ROSE-1), label=faz (OCTA-500); repeatable")  # fmt: skip
+    data.add_argument("--images", default=None, help="a folder of images (plain folder evaluation)")
+    data.add_argument("--masks", default=None, help="the folder of their masks, paired by file name")
+    data.add_argument("--fov-masks", default=None, help="optional folder of FOV masks paired by file name")
+    data.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning")
+    data.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", required=True, help="where results.json, results.csv, overlays… go")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: best available)")
+    run.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 where supported)")
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--no-fov", dest="fov", action="store_false", help="evaluate every pixel, not only the FOV")
+    run.add_argument("--num-overlays", type=int, default=3, help="overlays of the N best and N worst images")
+    run.add_argument("--level", choices=["dataset", "image"], default="dataset",
+                     help="table of counts summed over the dataset (default) or of per-image means")  # fmt: skip
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def load_evaluation_data(args, adapter_labels: Mapping | None = None):
+    """``(dataset, id2label, name)`` from ``--dataset/--data-root/--split`` or ``--images/--masks``."""
+    from .data import label_info
+
+    if args.images or args.masks:
+        if args.dataset:
+            raise DataError("give either --dataset or --images/--masks, not both")
+        if not (args.images and args.masks):
+            raise DataError("plain folder evaluation needs both --images and --masks")
+        dataset = _folder_dataset(
+            args.images, args.masks, getattr(args, "fov_masks", None), adapter_labels, args.skip_bad
+        )
+        name = f"{Path(args.images).name} + {Path(args.masks).name}"
+    elif args.dataset:
+        from .data import DATASETS
+        from .data.sources import load_split
+
+        split = args.split
+        if split is None:
+            spec = DATASETS.get(args.dataset)
+            split = "test" if spec is not None and "test" in spec.split_names else None
+        options = _dataset_options(getattr(args, "dataset_option", None) or [])
+        if options:
+            dataset = _load_with_options(args.dataset, args.data_root, split, options, args.skip_bad)
+        else:
+            dataset = load_split(args.dataset, args.data_root, args.split, skip_bad=args.skip_bad, default="test")
+        name = args.dataset + (f" ({split})" if split else "")
+        if options:
+            name += " [" + ", ".join(f"{k}={v}" for k, v in options.items()) + "]"
+    else:
+        raise DataError("give the evaluation data: --dataset NAME --data-root ROOT, or --images DIR --masks DIR")
+    try:
+        id2label = label_info(dataset)
+    except ValueError:
+        id2label = None
+    return dataset, id2label, name
+
+
+def _dataset_options(items: Sequence[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--dataset-option takes KEY=VALUE, got {item!r}")
+        value = value.strip()
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key.strip()] = lowered == "true"
+        elif re.fullmatch(r"-?\d+", value):
+            options[key.strip()] = int(value)
+        else:
+            options[key.strip()] = value
+    return options
+
+
+def _load_with_options(name: str, root, split, options: dict, skip_bad: bool):
+    from datasets import DatasetDict
+
+    from .data import load
+
+    if not root:
+        raise DataError(f"--dataset {name} needs --data-root (where its download is unpacked)")
+    if not Path(root).exists():
+        raise DataError(f"{root}: the data root of {name} does not exist", root)
+    try:
+        loaded = load(name, root, split, skip_bad=skip_bad, **options)
+    except DataError:
+        raise
+    except (TypeError, ValueError) as err:  # an option the dataset does not know, or a value it does not have
+        raise DataError(f"--dataset-option: {err}") from None
+    if isinstance(loaded, DatasetDict):
+        if len(loaded) > 1:
+            raise DataError(f"{name} has splits {list(loaded)}; choose one with --split")
+        loaded = next(iter(loaded.values()))
+    return loaded
+
+
+def _folder_dataset(images, masks, fov, adapter_labels, skip_bad):
+    from datasets import DatasetDict
+
+    from .data import folder
+
+    images, masks = Path(images).expanduser().resolve(), Path(masks).expanduser().resolve()
+    for path, what in ((images, "--images"), (masks, "--masks")):
+        if not path.is_dir():
+            raise DataError(f"{path}: the {what} folder does not exist", path)
+    parts = [images, masks] + ([Path(fov).expanduser().resolve()] if fov else [])
+    root = Path(os.path.commonpath(parts))
+    kwargs = {}
+    if not (root / "id2label.json").is_file() and adapter_labels and len(adapter_labels) > 2:
+        # multi-class masks store class ids: read them as such, named like the adapter's classes
+        kwargs = {"label_map": {i: i for i in range(len(adapter_labels))}, "label_names": dict(adapter_labels)}
+    loaded = folder(root, images=str(images), masks=str(masks), fov=str(Path(fov).resolve()) if fov else None,
+                    skip_bad=skip_bad, **kwargs)  # fmt: skip
+    if isinstance(loaded, DatasetDict):
+        loaded = next(iter(loaded.values()))
+    return loaded
+
+
+def evaluate_command(args: argparse.Namespace) -> dict:
+    """``losam evaluate``: evaluate, print the paper's table, write the result files."""
+    from .metrics import format_paper_table
+
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_images is not None and args.max_images < 1:
+        raise DataError(f"--max-images must be at least 1, got {args.max_images}")
+    pipe = load_for_evaluation(args.adapter, base=args.base, device=args.device, dtype=args.dtype)
+    dataset, id2label, name = load_evaluation_data(args, pipe.id2label)
+    results = evaluate_adapter(
+        pipe,
+        dataset,
+        id2label,
+        args.output_dir,
+        batch_size=args.batch_size,
+        use_fov=args.fov,
+        max_images=args.max_images,
+        num_overlays=args.num_overlays,
+        progress=not args.quiet,
+        dataset_name=name,
+    )
+    info = results["evaluation"]
+    fov_note = f", FOV masks on {info['images_with_fov']} images" if info["images_with_fov"] else ""
+    print(
+        format_paper_table(
+            results,
+            title=f"{args.adapter} on {name}: {info['num_images']} images{fov_note} (percent)",
+            level=args.level,
+        )
+    )
+    outputs = results["outputs"]
+    print(f"results: {outputs['results_json']}, {outputs['results_csv']}, {outputs['per_image_csv']}")
+    if outputs.get("overlays"):
+        print(f"overlays of the best and worst images: {Path(outputs['overlays'][0]).parent}/")
+    if outputs.get("dice_plot"):
+        print(f"per-image Dice plot: {outputs['dice_plot']}")
+    return results
