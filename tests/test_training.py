@@ -284,3 +284,42 @@ def test_bad_training_input_fails_before_training(tmp_path, base_dir, case, mess
     err = capsys.readouterr().err
     assert __import__("re").search(message, err), err
     assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_named_dataset_with_shots_and_eval_split_and_tensorboard_logs(tmp_path, base_dir):
+    from fixtures_datasets import make_drive
+
+    make_drive(tmp_path / "DRIVE")
+    out = tmp_path / "drive"
+    code = cli_main([
+        "train", "--base", str(base_dir), "--dataset", "drive", "--data-root", str(tmp_path / "DRIVE"),
+        "--split", "training", "--shots", "1", "--shot-seed", "2", "--eval-split", "test", "--max-steps", "2",
+        "--output-dir", str(out), "--quiet", "--log-with", "tensorboard",
+    ])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "train_config.json").read_text())
+    assert len(record["train_ids"]) == 1 and record["datasets"] == ["drive"]
+    assert record["modality"] == "fundus"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_ids"] == record["train_ids"] and metrics["eval_ids"]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_fp16_without_a_loss_scaler_stops_on_nan_like_fp32(tmp_path, base_dir, monkeypatch):
+    """On CPU Accelerate gives fp16 no GradScaler, so a non-finite loss must stop training, not slip through."""
+    import losam_peft.training as training
+
+    original = training._PreparedSamples.batch
+    calls = {"n": 0}
+
+    def batch(self, *args, **kwargs):
+        calls["n"] += 1
+        pixels, labels = original(self, *args, **kwargs)
+        return (pixels * float("inf") if calls["n"] == 2 else pixels), labels
+
+    monkeypatch.setattr(training._PreparedSamples, "batch", batch)
+    with pytest.warns(UserWarning, match="without autocast or loss scaling"):
+        with pytest.raises(TrainingError, match="loss became nan at step 2"):
+            _run(tmp_path, "fp16", base_dir, mixed_precision="fp16", max_steps=4, save_every=1)
+    weights = load_file(tmp_path / "fp16" / "checkpoint" / "state.safetensors")
+    assert all(torch.isfinite(v.float()).all() for v in weights.values())

@@ -23,6 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -259,6 +260,12 @@ def train(
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
+    if config.mixed_precision == "fp16" and accelerator.scaler is None and main:
+        warnings.warn(
+            f"Accelerate runs fp16 on {accelerator.device.type} without autocast or loss scaling; "
+            "use --mixed-precision bf16 on CPUs",
+            stacklevel=2,
+        )
     set_seed(config.seed)
 
     if base_model is None:
@@ -413,12 +420,13 @@ def _train_step(accelerator, model, optimizer, data, config, step, world, per_st
         accelerator.backward(loss)
         total += loss.detach().float()
     mean_loss = float(accelerator.reduce(total, reduction="mean"))
-    if not math.isfinite(mean_loss) and accelerator.mixed_precision != "fp16":
+    loss_scaling = accelerator.scaler is not None
+    if not math.isfinite(mean_loss) and not loss_scaling:
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(step + 1, mean_loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.mixed_precision == "fp16" and accelerator.optimizer_step_was_skipped:
+    if loss_scaling and accelerator.optimizer_step_was_skipped:
         return None
     return mean_loss
 

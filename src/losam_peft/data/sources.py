@@ -78,10 +78,14 @@ def _select(dataset, shots: int | None, seed: int):
 
 
 def _dataset_meta(name: str | None):
+    """The dataset's modality and task as short tags (``fundus``, ``vessels``) for adapter configs and cards."""
+    from ..model_card import normalise_modality, normalise_task
     from .specs import DATASETS
 
     spec = DATASETS.get(name) if name else None
-    return (spec.modality, spec.task) if spec is not None else (None, None)
+    if spec is None:
+        return None, None
+    return normalise_modality(spec.modality), normalise_task(spec.task)
 
 
 def load_training_data(args) -> TrainingData:
