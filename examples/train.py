@@ -10,7 +10,7 @@ The same options as ``losam train --help``. One-shot example:
 import argparse
 import sys
 
-from losam_peft.cli import print_training_result, add_training_arguments, run_training
+from losam_peft.cli import add_training_arguments, print_training_result, run_training
 from losam_peft.data.io import DataError
 from losam_peft.loading import CheckpointError
 from losam_peft.training import TrainingError

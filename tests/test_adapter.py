@@ -13,7 +13,13 @@ from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 
 import losam_peft
-from losam_peft import LoSamConfig, LoSamPromptLayer, SamForSemanticSegmentation, count_parameters, sam_vision_config
+from losam_peft import (
+    LoSamConfig,
+    LoSamPromptLayer,
+    SamForSemanticSegmentation,
+    count_parameters,
+    sam_vision_config,
+)
 from losam_peft.adapters import load_adapter
 from losam_peft.loading import CheckpointError
 from losam_peft.modeling_losam import LoSamSegmentationHead

@@ -14,7 +14,12 @@ from PIL import Image
 from losam_peft import LoSamConfig, LoSamImageProcessor
 from losam_peft.loading import CheckpointError
 from losam_peft.model_card import write_model_card
-from losam_peft.pipeline import LoSamPipeline, SegmentationResult, label_map_to_pil, palette
+from losam_peft.pipeline import (
+    LoSamPipeline,
+    SegmentationResult,
+    label_map_to_pil,
+    palette,
+)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,7 +12,13 @@ import warnings
 # PEFT 0.21 still asks transformers 5 for `is_gradient_checkpointing`; the deprecation is not the user's to act on.
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
+from .adapters import load_adapter, save_adapter
 from .image_processing_losam import LoSamImageProcessor
+from .metrics import (
+    SegmentationMetricAccumulator,
+    format_paper_table,
+    segmentation_metrics,
+)
 from .modeling_losam import (
     LoSamSegmentationHead,
     SamForSemanticSegmentation,
@@ -20,15 +26,23 @@ from .modeling_losam import (
     sam_vision_config,
 )
 from .pipeline import LoSamPipeline, SegmentationResult
-from .tuner import LOSAM_PEFT_TYPE, LoSamConfig, LoSamLayer, LoSamModel, LoSamPromptLayer
-from .adapters import load_adapter, save_adapter
-from .metrics import SegmentationMetricAccumulator, format_paper_table, segmentation_metrics
+from .tuner import (
+    LOSAM_PEFT_TYPE,
+    LoSamConfig,
+    LoSamLayer,
+    LoSamModel,
+    LoSamPromptLayer,
+)
 
 __version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, SamVisionConfig
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForSemanticSegmentation,
+        SamVisionConfig,
+    )
 
     AutoModelForSemanticSegmentation.register(SamVisionConfig, SamForSemanticSegmentation, exist_ok=True)
     AutoImageProcessor.register(SamVisionConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)

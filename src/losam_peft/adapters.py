@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .loading import CheckpointError, resolve_file
@@ -71,38 +72,29 @@ def save_adapter(
     Everything is written into a staging folder beside ``output_dir`` first and then moved into place file by file
     with ``os.replace``, so an interruption never leaves a half-written adapter file behind.
     """
-    import os
-    import shutil
-    import tempfile
+    from .atomic import write_staged
+    from .model_card import write_model_card
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=output_dir))
-    try:
+    def write(staging: Path) -> None:
         # save_embedding_layers=False: LoSAM has no embedding layers, and PEFT's "auto" would query the Hub
         model.save_pretrained(
             str(staging), selected_adapters=[adapter_name], safe_serialization=True, save_embedding_layers=False
         )
-        inner = staging / adapter_name if adapter_name != "default" and (staging / adapter_name).is_dir() else staging
+        inner = staging / adapter_name
+        if adapter_name != "default" and inner.is_dir():  # PEFT nests non-default adapters in a subfolder
+            for item in inner.iterdir():
+                os.replace(item, staging / item.name)
+            inner.rmdir()
         if image_processor is not None:
-            image_processor.save_pretrained(str(inner))
-        try:
-            from .model_card import write_model_card
-        except ImportError:  # pragma: no cover - model cards ship with the package
-            write_model_card = None
-        if write_model_card is not None:
-            config = model.peft_config[adapter_name]
-            write_model_card(
-                inner,
-                config,
-                base_model=config.base_model_name_or_path,
-                metrics=metrics,
-                training=training,
-                datasets=datasets,
-            )
-        for item in inner.iterdir():
-            if item.is_file():
-                os.replace(item, output_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+            image_processor.save_pretrained(str(staging))
+        config = model.peft_config[adapter_name]
+        write_model_card(
+            staging,
+            config,
+            base_model=config.base_model_name_or_path,
+            metrics=metrics,
+            training=training,
+            datasets=datasets,
+        )
+
+    return write_staged(output_dir, write)

@@ -81,17 +81,17 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_training(args: argparse.Namespace):
-    from .data.sources import load_training_data
-    from .training import TrainingConfig, train
+def training_config_from_args(args: argparse.Namespace, data):
+    """The ``TrainingConfig`` of ``losam train``/``losam compare`` arguments and the data they loaded."""
+    from .data.io import DataError
+    from .training import TrainingConfig
 
-    data = load_training_data(args)
     id2label = args.labels or data.id2label
     if args.num_labels is not None:
         if id2label is not None and len(id2label) != args.num_labels:
-            raise SystemExit(f"error: --num-labels {args.num_labels} disagrees with the labels {list(id2label.values())}")
+            raise DataError(f"--num-labels {args.num_labels} disagrees with the labels {list(id2label.values())}")
         id2label = id2label or {i: ("background" if i == 0 else f"class_{i}") for i in range(args.num_labels)}
-    config = TrainingConfig(
+    return TrainingConfig(
         output_dir=args.output_dir,
         base=args.base,
         id2label=id2label,
@@ -109,7 +109,7 @@ def run_training(args: argparse.Namespace):
         augment=args.augment,
         seed=args.seed,
         reduction=args.reduction,
-        eval_every=args.eval_every,
+        eval_every=getattr(args, "eval_every", 0),
         save_every=args.save_every,
         log_with=args.log_with,
         fast_path=args.fast_path,
@@ -120,8 +120,14 @@ def run_training(args: argparse.Namespace):
         eval_ids=[s.id for s in data.eval] if data.eval else [],
         datasets=data.datasets,
     )
-    result = train(config, data.train, data.eval, progress=not args.quiet)
-    return result
+
+
+def run_training(args: argparse.Namespace):
+    from .data.sources import load_training_data
+    from .training import train
+
+    data = load_training_data(args)
+    return train(training_config_from_args(args, data), data.train, data.eval, progress=not args.quiet)
 
 
 def print_training_result(result) -> None:

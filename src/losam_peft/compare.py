@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write_json, write_staged
 from .data.io import DataError
 
 __all__ = [
@@ -173,23 +173,10 @@ def save_function(method: str, config, options: MethodOptions | None = None) -> 
             record.update(training=training or {}, datasets=list(datasets or []))
             (folder / METHOD_FILE).write_text(json.dumps(record, indent=2, default=str))
 
-        _write_staged(output_dir, write)
+        write_staged(output_dir, write)
         return output_dir
 
     return save
-
-
-def _write_staged(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Write files into a staging folder beside their destination, then move each into place with ``os.replace``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".method-", dir=output_dir))
-    try:
-        write(staging)
-        for item in staging.iterdir():
-            if item.is_file():
-                os.replace(item, output_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- loading what each method saved -------------------------------------------------------------------------------------
@@ -275,7 +262,7 @@ def train_method(method: str, config, train_samples, *, options: MethodOptions |
     result = train(config, train_samples, None, progress=progress, prepare_model=prepare, save_model=save)
     if method == "losam":
         record = _method_record(method, None, config, options)
-        (Path(config.output_dir) / METHOD_FILE).write_text(json.dumps(record, indent=2, default=str))
+        atomic_write_json(Path(config.output_dir) / METHOD_FILE, record)
     return result, info
 
 
@@ -496,7 +483,6 @@ def _default_eval_samples(args, data) -> list | None:
 def compare_command(args: argparse.Namespace) -> dict:
     """``losam compare``: train every method on the same shots, print one table, write compare.json/csv."""
     from .data.sources import load_training_data
-    from .training import TrainingConfig
 
     if getattr(args, "resume_from", None):
         raise DataError("losam compare trains every method from scratch; --resume-from is not supported")
@@ -507,35 +493,9 @@ def compare_command(args: argparse.Namespace) -> dict:
             "losam compare needs evaluation data: --eval-dir, --eval-image/--eval-mask or --eval-dataset, or a "
             "--dataset with a test split, or --shots K so that the remaining images are used"
         )
-    id2label = args.labels or data.id2label
-    if args.num_labels is not None:
-        if id2label is not None and len(id2label) != args.num_labels:
-            raise DataError(f"--num-labels {args.num_labels} disagrees with the labels {list(id2label.values())}")
-        id2label = id2label or {i: ("background" if i == 0 else f"class_{i}") for i in range(args.num_labels)}
-    config = TrainingConfig(
-        output_dir=args.output_dir,
-        base=args.base,
-        id2label=id2label,
-        preset=args.preset,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        nesterov=args.nesterov,
-        mixed_precision=args.mixed_precision,
-        augment=args.augment,
-        seed=args.seed,
-        reduction=args.reduction,
-        log_with=args.log_with,
-        fast_path=args.fast_path,
-        modality=args.modality or data.modality,
-        task=args.task or data.task,
-        datasets=data.datasets,
-    )
+    from .cli import training_config_from_args
+
+    config = training_config_from_args(args, data)
     options = MethodOptions(
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
@@ -547,7 +507,7 @@ def compare_command(args: argparse.Namespace) -> dict:
         eval_samples,
         methods=args.methods,
         options=options,
-        id2label=id2label,
+        id2label=config.id2label,
         device=args.device,
         dtype=args.dtype,
         batch_size=args.eval_batch_size,

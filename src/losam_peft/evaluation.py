@@ -30,14 +30,12 @@ Outputs in ``output_dir`` (each written to a temporary file and moved into place
 from __future__ import annotations
 
 import argparse
-import csv
 import heapq
 import io
 import json
 import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,6 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import (  # noqa: F401
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 from .data.io import DataError
 
 __all__ = [
@@ -74,51 +78,6 @@ class LabelMismatchError(DataError):
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and move it into place (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def atomic_write_csv(
-    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> Path:
-    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    return atomic_write_text(path, buffer.getvalue())
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, (Path, torch.device, torch.dtype)):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 # -- labels ------------------------------------------------------------------------------------------------------------
 def _norm_labels(id2label: Mapping | None) -> dict[int, str] | None:
     if id2label is None:

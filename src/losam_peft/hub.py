@@ -12,7 +12,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .model_card import ADAPTER_PLACEHOLDER, CARD_NAME, normalise_modality, normalise_task
+from .model_card import (
+    ADAPTER_PLACEHOLDER,
+    CARD_NAME,
+    normalise_modality,
+    normalise_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +94,11 @@ def push_adapter(
     folder is not changed. Returns the repository's URL.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+    )
     from huggingface_hub.utils import validate_repo_id
 
     folder = check_adapter_folder(folder)

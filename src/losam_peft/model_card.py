@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .atomic import atomic_write_text
 
 TEMPLATES_DIR = Path(__file__).parent / "model_cards"
 CARD_NAME = "README.md"
@@ -388,13 +389,5 @@ def write_model_card(output_dir: str | os.PathLike, peft_config, **kwargs) -> Pa
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / CARD_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_NAME}.", suffix=".tmp", dir=output_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(str(card))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, str(card))
     return path

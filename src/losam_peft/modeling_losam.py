@@ -207,7 +207,11 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
 
         Weights are read from safetensors files only.
         """
-        from .loading import load_sam_state_dict, load_vision_config, resize_encoder_state_dict
+        from .loading import (
+            load_sam_state_dict,
+            load_vision_config,
+            resize_encoder_state_dict,
+        )
 
         source = str(pretrained_model_name_or_path)
         hub_kwargs = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_save, atomic_write_json
 from .data.samples import Sample
 
 PRESETS = ("default", "paper")
@@ -314,7 +315,7 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
 
     if main:
-        _write_json_atomic(output_dir / "train_config.json", _config_record(config, max_steps, world, image_size))
+        atomic_write_json(output_dir / "train_config.json", _config_record(config, max_steps, world, image_size))
     if log_with:
         accelerator.init_trackers("losam", config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))})
 
@@ -386,14 +387,14 @@ def train(
     replicas = _replica_fingerprints(accelerator, accelerator.unwrap_model(model))
     if main:
         history_path = output_dir / "history.json"
-        _write_json_atomic(history_path, state["history"])
+        atomic_write_json(history_path, state["history"])
         _plot_loss_curve(state["history"], output_dir / "loss_curve.png")
         seconds = time.perf_counter() - started
         record = _config_record(config, max_steps, world, image_size)
         record["seconds"] = round(seconds, 2)
         record["replica_fingerprints"] = replicas
         record["replicas_identical"] = len(set(replicas)) == 1
-        _write_json_atomic(output_dir / "train_config.json", record)
+        atomic_write_json(output_dir / "train_config.json", record)
     save_checkpoint()
     if log_with:
         accelerator.end_training()
@@ -517,7 +518,7 @@ def _save_best(accelerator, model, processor, config, output_dir, metrics, state
         record = {"step": step, "train_ids": list(config.train_ids), "eval_ids": list(config.eval_ids)}
         if metrics is not None:
             record.update(metrics)
-        _write_json_atomic(output_dir / "metrics.json", record)
+        atomic_write_json(output_dir / "metrics.json", record)
     accelerator.wait_for_everyone()
 
 
@@ -677,28 +678,6 @@ def _restore_checkpoint(checkpoint: dict, model, optimizer):
     return int(meta["step"]), meta.get("best"), list(meta.get("history", []))
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, default=_json_default)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 def _plot_loss_curve(history: list, path: Path) -> None:
     import matplotlib
 
@@ -721,8 +700,5 @@ def _plot_loss_curve(history: list, path: Path) -> None:
     axis.set_ylabel("cross-entropy")
     axis.set_title("LoSAM training")
     figure.tight_layout()
-    handle, temp = tempfile.mkstemp(prefix=".loss_curve.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    figure.savefig(temp)
+    atomic_save(path, figure.savefig)
     plt.close(figure)
-    os.replace(temp, path)

@@ -1,0 +1,84 @@
+"""Writing outputs so that nothing is ever left half-written: a temporary file in the destination's folder, then
+``os.replace`` (atomic on one filesystem). Every output of the package goes through here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def atomic_save(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(temp_path)`` and move the result to ``path``; the temporary file keeps ``path``'s suffix so that
+    writers that pick a format by extension (PIL, matplotlib) still work."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_save(path, lambda temp: Path(temp).write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def write_staged(output_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Let ``write(staging)`` fill a staging folder beside ``output_dir``, then move each file into place."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        write(staging)
+        for item in staging.iterdir():
+            if item.is_file():
+                os.replace(item, output_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def json_default(value):
+    """JSON for numpy scalars, paths, torch devices and dtypes."""
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path) or type(value).__module__.startswith("torch"):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
