@@ -13,6 +13,7 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 from .adapters import load_adapter, save_adapter
+from .fast_path import default_autocast_dtype, disable_fast_path, enable_fast_path, fast_path_enabled
 from .image_processing_losam import LoSamImageProcessor
 from .metrics import (
     SegmentationMetricAccumulator,
@@ -67,5 +68,9 @@ __all__ = [
     "LoSamSegmentationHead",
     "SamForSemanticSegmentation",
     "count_parameters",
+    "default_autocast_dtype",
+    "disable_fast_path",
+    "enable_fast_path",
+    "fast_path_enabled",
     "sam_vision_config",
 ]

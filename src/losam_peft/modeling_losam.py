@@ -131,10 +131,8 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
     # -- fast path -------------------------------------------------------------------------------------------------
     def set_fast_path(self, enabled: bool) -> None:
         """Switch the encoder between the fused-attention fast path and transformers' stock attention."""
-        try:
-            from .fast_path import disable_fast_path, enable_fast_path
-        except ImportError:  # pragma: no cover - the fast path module ships with the package
-            return
+        from .fast_path import disable_fast_path, enable_fast_path
+
         (enable_fast_path if enabled else disable_fast_path)(self.vision_encoder)
         self.config.use_fast_path = bool(enabled)
 
