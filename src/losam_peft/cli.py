@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -181,15 +180,7 @@ def _cmd_predict(args):
         probabilities=args.probabilities,
         resume=args.resume,
     )
-    print(summary if isinstance(summary, str) else _summary_text(summary))
-
-
-def _summary_text(summary) -> str:
-    if hasattr(summary, "describe"):
-        return summary.describe()
-    if isinstance(summary, dict):
-        return json.dumps(summary, indent=2, default=str)
-    return str(summary)
+    print(summary.describe())
 
 
 def _cmd_push(args):

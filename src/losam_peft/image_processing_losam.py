@@ -74,9 +74,8 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
         peak = int(array.max()) if array.size else 0
         if peak < 0 or int(array.min()) < 0:
             raise ValueError("integer images with negative values are not supported")
-        depth = 255 if peak <= 255 and array.dtype.itemsize == 1 else (4095 if peak <= 4095 else 65535)
-        if peak > 65535:
-            depth = peak
+        # 12-bit data (common in OCT/fundus cameras) when no value exceeds 4095, else 16-bit, else the image's peak
+        depth = 4095 if peak <= 4095 else 65535 if peak <= 65535 else peak
         return array.astype(np.float32) / float(depth)
     if np.issubdtype(array.dtype, np.floating):
         values = np.nan_to_num(array.astype(np.float32))
