@@ -34,6 +34,7 @@ import torch
 
 from .atomic import atomic_write_json, write_staged
 from .data.io import DataError
+from .errors import LoSamValueError
 
 __all__ = [
     "METHODS",
@@ -77,7 +78,7 @@ class MethodOptions:
 # -- preparing the model of each method ---------------------------------------------------------------------------------
 def _check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise LoSamValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     return method
 
 
@@ -308,15 +309,15 @@ def compare_methods(
     options = options or MethodOptions()
     methods = [_check_method(m) for m in methods]
     if not methods:
-        raise ValueError("no method to compare")
+        raise LoSamValueError("no method to compare")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"methods listed twice: {methods}")
+        raise LoSamValueError(f"methods listed twice: {methods}")
     if not train_samples:
         raise DataError("the training set is empty")
     if eval_samples is None or len(eval_samples) == 0:
         raise DataError("the comparison needs evaluation data (the evaluation set is empty)")
     if getattr(config, "resume_from", None):
-        raise ValueError("losam compare trains every method from scratch; resume_from is not supported")
+        raise LoSamValueError("losam compare trains every method from scratch; resume_from is not supported")
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     _warm_up_imports()

@@ -51,7 +51,7 @@ from .atomic import (  # noqa: F401
     atomic_write_json,
     atomic_write_text,
 )
-from .data.io import DataError
+from .errors import DataError, LabelMismatchError, LoSamValueError
 
 __all__ = [
     "LabelMismatchError",
@@ -71,10 +71,6 @@ OVERLAY_MIN_SIDE, OVERLAY_MAX_SIDE = 256, 1024
 METRIC_COLUMNS = ("dice", "recall", "bm", "precision", "iou", "specificity")
 # label names that carry no meaning of their own (folder defaults): a name mismatch against them is not worth a warning
 _GENERIC_NAME = re.compile(r"^(foreground|class[_ ]?\d+|label[_ ]?\d+|\d+)$", re.IGNORECASE)
-
-
-class LabelMismatchError(DataError):
-    """The adapter's classes and the dataset's classes disagree."""
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------------------
@@ -284,9 +280,9 @@ def evaluate_adapter(
     from .metrics import SegmentationMetricAccumulator
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise LoSamValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be at least 1, got {max_images}")
+        raise LoSamValueError(f"max_images must be at least 1, got {max_images}")
     started = time.perf_counter()
     dataset_name = dataset_name or "the dataset"
     pipe = _as_pipeline(model_or_pipeline, base=base, device=device, dtype=dtype, image_processor=image_processor)

@@ -63,6 +63,8 @@ from transformers.models.sam.modeling_sam import (
     SamVisionSdpaAttention,
 )
 
+from .errors import LoSamValueError
+
 __all__ = [
     "ATTENTION_MODES",
     "autocast_context",
@@ -301,7 +303,7 @@ def rel_pos_attention(attn: SamVisionAttention, query, key, value, height: int, 
         return _bias_chunk_attention(query, key, value, rel_h, rel_w, attn.scale)
     if mode == "flex":
         return _flex_attention(query, key, value, rel_h, rel_w, attn.scale)
-    raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+    raise LoSamValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -441,11 +443,11 @@ class _FastPatchEmbeddingsMixin:
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         batch_size, num_channels, height, width = pixel_values.shape
         if num_channels != self.num_channels:
-            raise ValueError(
+            raise LoSamValueError(
                 "Make sure that the channel dimension of the pixel values match with the one set in the configuration."
             )
         if height != self.image_size[0] or width != self.image_size[1]:
-            raise ValueError(
+            raise LoSamValueError(
                 f"Input image size ({height}*{width}) doesn't match model ({self.image_size[0]}*{self.image_size[1]})."
             )
         embeddings = self.projection(pixel_values.contiguous(memory_format=torch.channels_last))
@@ -521,7 +523,7 @@ def enable_fast_path(
             batches: each block then keeps only its input for the backward pass.
     """
     if attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        raise LoSamValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     found = False
     for module in encoder.modules():
         if isinstance(module, SamPatchEmbeddings):
@@ -545,7 +547,7 @@ def enable_fast_path(
                     torch.utils.checkpoint.checkpoint, use_reentrant=False
                 )
     if not found:
-        raise ValueError(f"{type(encoder).__name__} contains no SamVisionLayer")
+        raise LoSamValueError(f"{type(encoder).__name__} contains no SamVisionLayer")
     return encoder
 
 

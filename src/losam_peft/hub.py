@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import AdapterFolderError, HubError, LoSamValueError
 from .model_card import (
     ADAPTER_PLACEHOLDER,
     CARD_NAME,
@@ -26,14 +27,6 @@ REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
 OPTIONAL_FILES = ("preprocessor_config.json",)
 KNOWN_MODALITIES = ("fundus", "octa", "oct")
 KNOWN_TASKS = ("vessels", "lesions", "layers")
-
-
-class HubError(RuntimeError):
-    """The Hub could not be reached or refused the request; the message says what to do."""
-
-
-class AdapterFolderError(ValueError):
-    """A folder that is not a complete, pushable LoSAM adapter."""
 
 
 def check_adapter_folder(folder: str | os.PathLike) -> Path:
@@ -105,9 +98,9 @@ def push_adapter(
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise ValueError(f"{repo_id!r} is not a valid Hub repository id (expected ORG/NAME): {err}") from None
+        raise LoSamValueError(f"{repo_id!r} is not a valid Hub repository id (expected ORG/NAME): {err}") from None
     if "/" not in repo_id:
-        raise ValueError(f"repo_id must be ORG/NAME (or USER/NAME), got {repo_id!r}")
+        raise LoSamValueError(f"repo_id must be ORG/NAME (or USER/NAME), got {repo_id!r}")
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="losam-push-") as staging:
         staging_path = Path(staging)
@@ -161,7 +154,7 @@ def find_adapters(
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        raise LoSamValueError(f"limit must be a positive integer, got {limit!r}")
     tags = [LOSAM_TAG]
     for value in (normalise_modality(modality), normalise_task(task)):
         if value:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from .errors import LoSamValueError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_MEAN = (0.5, 0.5, 0.5)
@@ -43,7 +45,7 @@ def to_float_rgb(image) -> torch.Tensor:
         if tensor.dim() == 2:
             tensor = tensor[None]
         if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
-            raise ValueError(f"image tensors must be (C, H, W) with 1, 3 or 4 channels, got {tuple(tensor.shape)}")
+            raise LoSamValueError(f"image tensors must be (C, H, W) with 1, 3 or 4 channels, got {tuple(tensor.shape)}")
         return to_float_rgb(tensor.permute(1, 2, 0).numpy())
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
@@ -53,9 +55,9 @@ def to_float_rgb(image) -> torch.Tensor:
     if array.ndim == 3 and array.shape[-1] in (2, 4):
         array = array[..., :-1]  # drop alpha
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
-        raise ValueError(f"cannot read an image of shape {array.shape}; expected H×W or H×W×(1|3|4)")
+        raise LoSamValueError(f"cannot read an image of shape {array.shape}; expected H×W or H×W×(1|3|4)")
     if array.size == 0:
-        raise ValueError("empty image")
+        raise LoSamValueError("empty image")
     values = _scale_to_unit(array)
     tensor = torch.from_numpy(np.ascontiguousarray(values))
     if tensor.dim() == 2:
@@ -73,7 +75,7 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer):
         peak = int(array.max()) if array.size else 0
         if peak < 0 or int(array.min()) < 0:
-            raise ValueError("integer images with negative values are not supported")
+            raise LoSamValueError("integer images with negative values are not supported")
         # 12-bit data (common in OCT/fundus cameras) when no value exceeds 4095, else 16-bit, else the image's peak
         depth = 4095 if peak <= 4095 else 65535 if peak <= 65535 else peak
         return array.astype(np.float32) / float(depth)
@@ -82,7 +84,7 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
         if values.max(initial=0.0) > 1.0:
             values = values / 255.0
         return np.clip(values, 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {array.dtype}")
+    raise LoSamValueError(f"unsupported image dtype {array.dtype}")
 
 
 class LoSamImageProcessor(BaseImageProcessor):
@@ -100,9 +102,9 @@ class LoSamImageProcessor(BaseImageProcessor):
     ):
         super().__init__(**kwargs)
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise LoSamValueError(f"mode must be one of {MODES}, got {mode!r}")
         if int(image_size) <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise LoSamValueError(f"image_size must be positive, got {image_size}")
         self.image_size = int(image_size)
         self.mode = mode
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if mode == "sam" else (PAPER_MEAN, PAPER_STD)
@@ -127,10 +129,10 @@ class LoSamImageProcessor(BaseImageProcessor):
         """``pixel_values`` (B, 3, S, S), ``original_sizes`` and ``reshaped_input_sizes`` (B, 2); with
         ``segmentation_maps`` also ``labels`` (B, S, S) resized by nearest neighbour, padding set to 255 (ignored)."""
         if return_tensors not in (None, "pt"):
-            raise ValueError(f"LoSamImageProcessor returns torch tensors only (return_tensors='pt'), got {return_tensors!r}")
+            raise LoSamValueError(f"LoSamImageProcessor returns torch tensors only (return_tensors='pt'), got {return_tensors!r}")
         images = _as_list(images)
         if not images:
-            raise ValueError("no images given")
+            raise LoSamValueError("no images given")
         pixel_values, original_sizes, reshaped = [], [], []
         for image in images:
             tensor = to_float_rgb(image)
@@ -146,12 +148,12 @@ class LoSamImageProcessor(BaseImageProcessor):
         if segmentation_maps is not None:
             maps = _as_list(segmentation_maps)
             if len(maps) != len(images):
-                raise ValueError(f"{len(images)} images but {len(maps)} segmentation maps")
+                raise LoSamValueError(f"{len(images)} images but {len(maps)} segmentation maps")
             labels = []
             for index, (label, size) in enumerate(zip(maps, original_sizes)):
                 label = torch.as_tensor(np.asarray(label)).long()
                 if tuple(label.shape) != tuple(size):
-                    raise ValueError(
+                    raise LoSamValueError(
                         f"segmentation map {index} has size {tuple(label.shape)} but its image is {tuple(size)}"
                     )
                 labels.append(self.prepare_labels(label))
@@ -159,16 +161,26 @@ class LoSamImageProcessor(BaseImageProcessor):
         return BatchFeature(data=data)
 
     def _prepare_one(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.normalize_and_pad(self.resize(tensor))
+
+    def resize(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A (3, H, W) float image resized to its content size inside the ``image_size`` square (antialiased
+        bilinear); the geometry step of :meth:`preprocess`, shared with training."""
         height, width = tensor.shape[-2:]
         new_h, new_w = self.resized_size(height, width)
         if (new_h, new_w) != (height, width):
             tensor = F.interpolate(
                 tensor[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
             )[0]
-        mean = torch.tensor(self.image_mean, dtype=tensor.dtype)[:, None, None]
-        std = torch.tensor(self.image_std, dtype=tensor.dtype)[:, None, None]
+        return tensor
+
+    def normalize_and_pad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Normalise (3, h, w) content-size pixels in [0, 1] with ``image_mean``/``image_std`` and zero-pad it at the
+        bottom/right to the ``image_size`` square; the second step of :meth:`preprocess`, shared with training."""
+        mean = torch.tensor(self.image_mean, dtype=tensor.dtype, device=tensor.device)[:, None, None]
+        std = torch.tensor(self.image_std, dtype=tensor.dtype, device=tensor.device)[:, None, None]
         tensor = (tensor - mean) / std
-        pad_h, pad_w = self.image_size - new_h, self.image_size - new_w
+        pad_h, pad_w = self.image_size - tensor.shape[-2], self.image_size - tensor.shape[-1]
         if pad_h or pad_w:
             tensor = F.pad(tensor, (0, pad_w, 0, pad_h), value=0.0)
         return tensor
@@ -197,12 +209,12 @@ class LoSamImageProcessor(BaseImageProcessor):
 
     def _logits_per_image(self, logits: torch.Tensor, target_sizes) -> list[torch.Tensor]:
         if logits.dim() != 4:
-            raise ValueError(f"logits must be (batch, num_labels, h, w), got {tuple(logits.shape)}")
+            raise LoSamValueError(f"logits must be (batch, num_labels, h, w), got {tuple(logits.shape)}")
         if target_sizes is None:
             return list(logits)
         target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
         if len(target_sizes) != logits.shape[0]:
-            raise ValueError(f"{logits.shape[0]} logits but {len(target_sizes)} target sizes")
+            raise LoSamValueError(f"{logits.shape[0]} logits but {len(target_sizes)} target sizes")
         scale_h = logits.shape[-2] / self.image_size
         scale_w = logits.shape[-1] / self.image_size
         results = []

@@ -13,15 +13,13 @@ import torch
 import torch.nn.functional as F
 from transformers import SamVisionConfig
 
+from .errors import CheckpointError
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # checkpoint keys worth reading: the encoder and (for our own checkpoints) the head
 KEPT_PREFIXES = ("vision_encoder.", "segmentation_head.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be found or is not a SAM checkpoint."""
 
 
 def resolve_file(source: str, filename: str, *, required: bool = True, **hub_kwargs) -> str | None:

@@ -103,6 +103,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import LoSamValueError
+
 __all__ = [
     "EVALUATE_METRIC_PATH",
     "METRIC_NAMES",
@@ -153,24 +155,24 @@ def _split_images(x: Any, what: str) -> list[torch.Tensor] | torch.Tensor:
         if t.ndim == 2:
             t = t.unsqueeze(0)
         if t.ndim != 3:
-            raise ValueError(
+            raise LoSamValueError(
                 f"{what} must be (H, W), (N, H, W) or a list of (H, W) label maps, got shape {tuple(t.shape)}"
             )
         if t.shape[0] == 0:
-            raise ValueError(f"{what} is empty (no images)")
+            raise LoSamValueError(f"{what} is empty (no images)")
         return t
     if isinstance(x, (list, tuple)):
         if len(x) == 0:
-            raise ValueError(f"{what} is empty (no images)")
+            raise LoSamValueError(f"{what} is empty (no images)")
         out = []
         for i, item in enumerate(x):
             t = _as_tensor(item, f"{what}[{i}]")
             if t.ndim != 2:
-                raise ValueError(f"{what}[{i}] must be a 2-D (H, W) label map, got shape {tuple(t.shape)}")
+                raise LoSamValueError(f"{what}[{i}] must be a 2-D (H, W) label map, got shape {tuple(t.shape)}")
             out.append(t)
         return out
     if x is None:
-        raise ValueError(f"{what} is None")
+        raise LoSamValueError(f"{what} is None")
     raise TypeError(f"{what}: expected a numpy array, a torch tensor or a list of them, got {type(x).__name__}")
 
 
@@ -184,13 +186,13 @@ def _fov_list(fov: Any, n: int, shapes: list[tuple[int, ...]]) -> list[torch.Ten
             items: list[Any] = [t] * n
         elif t.ndim == 3:
             if t.shape[0] != n:
-                raise ValueError(f"fov holds {t.shape[0]} masks but there are {n} images")
+                raise LoSamValueError(f"fov holds {t.shape[0]} masks but there are {n} images")
             items = list(t.unbind(0))
         else:
-            raise ValueError(f"fov must be (H, W), (N, H, W) or a list of (H, W) masks, got shape {tuple(t.shape)}")
+            raise LoSamValueError(f"fov must be (H, W), (N, H, W) or a list of (H, W) masks, got shape {tuple(t.shape)}")
     elif isinstance(fov, (list, tuple)):
         if len(fov) != n:
-            raise ValueError(f"fov holds {len(fov)} masks but there are {n} images")
+            raise LoSamValueError(f"fov holds {len(fov)} masks but there are {n} images")
         items = list(fov)
     else:
         raise TypeError(f"fov: expected a numpy array, a torch tensor or a list of them, got {type(fov).__name__}")
@@ -201,7 +203,7 @@ def _fov_list(fov: Any, n: int, shapes: list[tuple[int, ...]]) -> list[torch.Ten
             continue
         t = m if isinstance(m, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(m)))
         if tuple(t.shape) != tuple(shapes[i]):
-            raise ValueError(
+            raise LoSamValueError(
                 f"image {i}: fov shape {tuple(t.shape)} does not match the prediction/reference shape {tuple(shapes[i])}"
             )
         out.append(t != 0)
@@ -215,7 +217,7 @@ def _check_labels(values: torch.Tensor, num_labels: int, what: str, index: int, 
     if lo < 0 or hi >= num_labels:
         bad = values[(values < 0) | (values >= num_labels)]
         shown = torch.unique(bad)[:10].tolist()
-        raise ValueError(
+        raise LoSamValueError(
             f"{what} of image {index} holds labels outside [0, {num_labels}){extra}: {shown} "
             f"({bad.numel()} pixels); set num_labels/ignore_index accordingly"
         )
@@ -231,7 +233,7 @@ def _normalise_id2label(id2label: Mapping[Any, Any] | None, num_labels: int) -> 
     seen: dict[str, int] = {}
     for i, name in names.items():
         if name in seen:
-            raise ValueError(f"id2label gives the same name {name!r} to classes {seen[name]} and {i}")
+            raise LoSamValueError(f"id2label gives the same name {name!r} to classes {seen[name]} and {i}")
         seen[name] = i
     return names
 
@@ -300,10 +302,10 @@ def counts_to_metrics(
         per_image_confusion = per_image_confusion.detach().to("cpu", torch.int64).numpy()
     cms = np.asarray(per_image_confusion, dtype=np.int64)
     if cms.ndim != 3 or cms.shape[1] != cms.shape[2]:
-        raise ValueError(f"expected per-image confusion matrices of shape (N, C, C), got {cms.shape}")
+        raise LoSamValueError(f"expected per-image confusion matrices of shape (N, C, C), got {cms.shape}")
     n_img, num_labels = cms.shape[0], cms.shape[1]
     if n_img == 0:
-        raise ValueError("no images were added: nothing to compute")
+        raise LoSamValueError("no images were added: nothing to compute")
     names = _normalise_id2label(id2label, num_labels)
 
     d_counts, d_vals, d_def = _ratios(cms.sum(axis=0))
@@ -387,7 +389,7 @@ class SegmentationMetricAccumulator:
         validate: bool = True,
     ) -> None:
         if int(num_labels) != num_labels or num_labels < 2:
-            raise ValueError(f"num_labels must be an integer >= 2 (background + at least one class), got {num_labels}")
+            raise LoSamValueError(f"num_labels must be an integer >= 2 (background + at least one class), got {num_labels}")
         self.num_labels = int(num_labels)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.device = None if device is None else torch.device(device)
@@ -432,7 +434,7 @@ class SegmentationMetricAccumulator:
         t = torch.as_tensor(t)
         c = self.num_labels
         if t.ndim != 3 or tuple(t.shape[1:]) != (c, c):
-            raise ValueError(f"expected per-image confusion counts of shape (N, {c}, {c}), got {tuple(t.shape)}")
+            raise LoSamValueError(f"expected per-image confusion counts of shape (N, {c}, {c}), got {tuple(t.shape)}")
         if t.is_floating_point():
             raise TypeError("confusion counts must be integers")
         dev = self.device if self.device is not None else t.device
@@ -447,7 +449,7 @@ class SegmentationMetricAccumulator:
     def merge(self, other: SegmentationMetricAccumulator) -> SegmentationMetricAccumulator:
         """Append the images counted by ``other`` (same ``num_labels`` and ``ignore_index``)."""
         if other.num_labels != self.num_labels or other.ignore_index != self.ignore_index:
-            raise ValueError(
+            raise LoSamValueError(
                 "cannot merge accumulators with different settings: "
                 f"num_labels {self.num_labels} vs {other.num_labels}, "
                 f"ignore_index {self.ignore_index} vs {other.ignore_index}"
@@ -523,12 +525,12 @@ class SegmentationMetricAccumulator:
         n_p = preds.shape[0] if isinstance(preds, torch.Tensor) else len(preds)
         n_r = refs.shape[0] if isinstance(refs, torch.Tensor) else len(refs)
         if n_p != n_r:
-            raise ValueError(f"got {n_p} predictions but {n_r} references")
+            raise LoSamValueError(f"got {n_p} predictions but {n_r} references")
         shapes: list[tuple[int, ...]] = []
         for i in range(n_p):
             ps, rs = tuple(preds[i].shape), tuple(refs[i].shape)
             if ps != rs:
-                raise ValueError(
+                raise LoSamValueError(
                     f"image {i}: predictions shape {ps} differs from references shape {rs}"
                     f" (image {self._num_images + i} overall)"
                 )
@@ -565,7 +567,7 @@ class SegmentationMetricAccumulator:
     def compute(self, id2label: Mapping[Any, Any] | None = None, per_image: bool = True) -> dict[str, Any]:
         """The result dict described in the module docstring."""
         if self._num_images == 0:
-            raise ValueError("no images were added: call update() before compute()")
+            raise LoSamValueError("no images were added: call update() before compute()")
         return counts_to_metrics(
             self.per_image_confusion(), id2label=id2label, ignore_index=self.ignore_index, per_image=per_image
         )
@@ -621,7 +623,7 @@ def per_image_rows(results: Mapping[str, Any], image_names: Sequence[str] | None
     (``None`` where undefined).
     """
     if "per_image" not in results:
-        raise ValueError("results hold no per-image values (computed with per_image=False)")
+        raise LoSamValueError("results hold no per-image values (computed with per_image=False)")
     labels = {int(k): v for k, v in results.get("labels", {}).items()}
     rows = []
     for img in results["per_image"]:
@@ -656,7 +658,7 @@ def format_paper_table(
     values print as ``n/a``. ``id2label`` overrides the names stored in ``results``.
     """
     if level not in ("dataset", "image"):
-        raise ValueError(f"level must be 'dataset' or 'image', got {level!r}")
+        raise LoSamValueError(f"level must be 'dataset' or 'image', got {level!r}")
     src = results["per_class"] if level == "dataset" else results["per_image_mean"]
     table = {int(k): v for k, v in src.items()}
     overrides = {int(k): str(v) for k, v in (id2label or {}).items()}

@@ -28,6 +28,8 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.sam.modeling_sam import SamPreTrainedModel, SamVisionEncoder
 from transformers.utils import logging
 
+from .errors import LoSamValueError
+
 logger = logging.get_logger(__name__)
 
 ENCODER_PREFIX = "vision_encoder."
@@ -47,7 +49,7 @@ class MultiScaleConv(nn.Module):
     def __init__(self, channels: int, groups: int = 4):
         super().__init__()
         if channels % groups:
-            raise ValueError(f"MultiScaleConv needs channels divisible by {groups}, got {channels}")
+            raise LoSamValueError(f"MultiScaleConv needs channels divisible by {groups}, got {channels}")
         width = channels // groups
         self.width = width
         self.branches = nn.ModuleList(
@@ -79,7 +81,7 @@ class LoSamSegmentationHead(nn.Module):
     def __init__(self, in_channels: int, num_labels: int):
         super().__init__()
         if in_channels % 16:
-            raise ValueError(f"the segmentation head needs the neck's channels divisible by 16, got {in_channels}")
+            raise LoSamValueError(f"the segmentation head needs the neck's channels divisible by 16, got {in_channels}")
         mid, low = in_channels // 2, in_channels // 4
         self.up1 = nn.ConvTranspose2d(in_channels, mid, kernel_size=2, stride=2)
         self.norm1 = ChannelLayerNorm(mid, eps=1e-6)
@@ -159,7 +161,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         if labels.dim() == 4 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.dim() != 3:
-            raise ValueError(f"labels must have shape (batch, height, width), got {tuple(labels.shape)}")
+            raise LoSamValueError(f"labels must have shape (batch, height, width), got {tuple(labels.shape)}")
         if labels.shape[-2:] != logits.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
@@ -170,7 +172,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
+            raise LoSamValueError(
                 f"pixel_values must have shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) for this model "
                 f"(image_size={size}), got {tuple(pixel_values.shape)}; use LoSamImageProcessor to prepare images"
             )
@@ -234,14 +236,14 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         model = cls(config)
         encoder_state = {k[len(ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
         if not encoder_state:
-            raise ValueError(
+            raise LoSamValueError(
                 f"{source} holds no SAM vision encoder weights (no key starts with {ENCODER_PREFIX!r}); "
                 "expected a SamModel, SamVisionModel or SamForSemanticSegmentation checkpoint"
             )
         encoder_state = resize_encoder_state_dict(encoder_state, model.vision_encoder.state_dict(), source)
         result = model.vision_encoder.load_state_dict(encoder_state, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
+            raise LoSamValueError(
                 f"{source}: the encoder weights do not fit this configuration "
                 f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
             )
@@ -289,14 +291,14 @@ def _apply_label_overrides(config, num_labels, id2label, label2id) -> bool:
     if id2label is not None:
         id2label = {int(k): str(v) for k, v in dict(id2label).items()}
         if num_labels is not None and num_labels != len(id2label):
-            raise ValueError(f"num_labels={num_labels} disagrees with id2label, which names {len(id2label)} labels")
+            raise LoSamValueError(f"num_labels={num_labels} disagrees with id2label, which names {len(id2label)} labels")
         if sorted(id2label) != list(range(len(id2label))):
-            raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
+            raise LoSamValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}")
         config.id2label = id2label
         config.label2id = {v: k for k, v in id2label.items()} if label2id is None else dict(label2id)
     elif num_labels is not None:
         if num_labels < 2:
-            raise ValueError(f"num_labels must be at least 2 (background plus one class), got {num_labels}")
+            raise LoSamValueError(f"num_labels must be at least 2 (background plus one class), got {num_labels}")
         if num_labels != len(before):
             config.num_labels = num_labels
     return dict(config.id2label) != before
@@ -305,7 +307,7 @@ def _apply_label_overrides(config, num_labels, id2label, label2id) -> bool:
 def _check_image_size(image_size: int, config: SamVisionConfig) -> None:
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     if int(image_size) <= 0 or int(image_size) % patch:
-        raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
+        raise LoSamValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
 
 
 def sam_vision_config(name: str = "vit_b", **overrides) -> SamVisionConfig:
@@ -325,7 +327,7 @@ def sam_vision_config(name: str = "vit_b", **overrides) -> SamVisionConfig:
         path = Path(__file__).parent / "configs" / f"{name}.json"
         if not path.is_file():
             known = sorted(presets) + sorted(p.stem for p in path.parent.glob("*.json"))
-            raise ValueError(f"unknown encoder preset {name!r}; known: {', '.join(known)}")
+            raise LoSamValueError(f"unknown encoder preset {name!r}; known: {', '.join(known)}")
         values = json.loads(path.read_text())
     values.update(overrides)
     return SamVisionConfig(**values)

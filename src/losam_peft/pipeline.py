@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import LoSamValueError
 from .image_processing_losam import LoSamImageProcessor, to_float_rgb
 from .loading import CheckpointError
 
@@ -84,9 +85,9 @@ def label_map_to_pil(label_map: np.ndarray, num_labels: int | None = None) -> Im
     """A palette ("P") PNG-ready image whose pixel values are the class ids."""
     label_map = np.asarray(label_map)
     if label_map.ndim != 2:
-        raise ValueError(f"label maps must be (H, W), got shape {label_map.shape}")
+        raise LoSamValueError(f"label maps must be (H, W), got shape {label_map.shape}")
     if label_map.size and int(label_map.max()) > 255:
-        raise ValueError("label maps with class ids above 255 cannot be stored as palette PNGs")
+        raise LoSamValueError("label maps with class ids above 255 cannot be stored as palette PNGs")
     n = max(int(num_labels or 0), int(label_map.max()) + 1 if label_map.size else 1)
     image = Image.fromarray(np.ascontiguousarray(label_map.astype(np.uint8)), mode="P")
     colours = np.zeros((256, 3), dtype=np.uint8)
@@ -106,11 +107,11 @@ def to_rgb8(image) -> np.ndarray:
 def overlay(image, label_map: np.ndarray, alpha: float = 0.5, num_labels: int | None = None) -> Image.Image:
     """``image`` (RGB) with every non-background class drawn in its palette colour, blended with ``alpha``."""
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+        raise LoSamValueError(f"alpha must be between 0 and 1, got {alpha}")
     rgb = to_rgb8(image)
     label_map = np.asarray(label_map)
     if label_map.shape != rgb.shape[:2]:
-        raise ValueError(
+        raise LoSamValueError(
             f"the label map is {label_map.shape[0]}x{label_map.shape[1]} (HxW) but the image is "
             f"{rgb.shape[0]}x{rgb.shape[1]}; pass the label map predicted for this image"
         )
@@ -214,7 +215,7 @@ class LoSamPipeline:
         if image_processor is None:
             size = getattr(config, "image_size", None)
             if size is None:
-                raise ValueError("pass image_processor=...: the model's config has no image_size")
+                raise LoSamValueError("pass image_processor=...: the model's config has no image_size")
             image_processor = LoSamImageProcessor(image_size=size)
         self.image_processor = image_processor
         if id2label is None:
@@ -524,7 +525,7 @@ def _resolve_device(device) -> torch.device:
         return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} was asked for, but CUDA is not available here; use device='cpu'")
+        raise LoSamValueError(f"device={device} was asked for, but CUDA is not available here; use device='cpu'")
     return device
 
 
@@ -540,14 +541,14 @@ def _resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
     if isinstance(dtype, str):
         key = dtype.lower().replace("torch.", "")
         if key not in _DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of bf16, fp16, fp32 (or auto), got {dtype!r}")
+            raise LoSamValueError(f"dtype must be one of bf16, fp16, fp32 (or auto), got {dtype!r}")
         dtype = _DTYPE_NAMES[key]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
+        raise LoSamValueError(f"dtype must be a floating-point torch.dtype or its name, got {dtype!r}")
     return None if dtype == torch.float32 else dtype
 
 
 def _check_batch_size(batch_size) -> int:
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise LoSamValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return batch_size

@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from .errors import LoSamValueError, PredictionError
 from .image_processing_losam import to_float_rgb
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 PROBABILITIES_DIR = "probabilities"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-class PredictionError(RuntimeError):
-    """A problem with the run as a whole (no inputs, an output folder that cannot be written)."""
 
 
 # -- tiling ----------------------------------------------------------------------------------------------------------
@@ -104,9 +101,9 @@ def blend_weights(tile: int, overlap_px: int) -> torch.Tensor:
 
 def _check_tile(tile, overlap) -> tuple[int, int, int]:
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
-        raise ValueError(f"tile must be an integer of at least 16 pixels, got {tile!r}")
+        raise LoSamValueError(f"tile must be an integer of at least 16 pixels, got {tile!r}")
     if not 0.0 <= float(overlap) < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        raise LoSamValueError(f"overlap must be in [0, 1), got {overlap!r}")
     tile = int(tile)
     stride = max(1, int(round(tile * (1.0 - float(overlap)))))
     return tile, stride, tile - stride
@@ -393,7 +390,7 @@ def predict_paths(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise LoSamValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if tile is not None:
         _check_tile(tile, overlap)
     files, ignored, missing = scan_inputs(inputs, recursive=recursive)

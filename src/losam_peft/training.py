@@ -34,15 +34,12 @@ import torch.nn.functional as F
 
 from .atomic import atomic_save, atomic_write_json
 from .data.samples import Sample
+from .errors import TrainingError
 
 PRESETS = ("default", "paper")
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_WEIGHTS = "state.safetensors"
 CHECKPOINT_META = "state.json"
-
-
-class TrainingError(RuntimeError):
-    """Training could not start or could not go on; the message says why and what was kept."""
 
 
 @dataclass

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ..errors import DataError, DatasetLayoutError, ImageTooLargeError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -58,25 +60,6 @@ IMAGE_EXTENSIONS = (
 )  # fmt: skip
 
 _STORABLE_FORMATS = {"PNG", "JPEG", "TIFF", "GIF", "BMP", "PPM"}
-
-
-class DataError(ValueError):
-    """A file (or a dataset root) that cannot be turned into a correct sample.
-
-    ``path`` is the offending file or directory.
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-
-
-class DatasetLayoutError(DataError, FileNotFoundError):
-    """The root does not hold the dataset asked for (or not the requested split)."""
-
-
-class ImageTooLargeError(DataError):
-    """Decompression-bomb guard: the image header announces too many pixels."""
 
 
 class SkippedFileWarning(UserWarning):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import LoSamTypeError, LoSamValueError
 from .io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -83,7 +84,7 @@ def _normalise_id2label(id2label: Mapping | Sequence[str]) -> dict[int, str]:
     else:
         out = {i: str(v) for i, v in enumerate(id2label)}
     if not out:
-        raise ValueError("id2label is empty")
+        raise LoSamValueError("id2label is empty")
     return dict(sorted(out.items()))
 
 
@@ -147,7 +148,7 @@ def label_info(dataset) -> dict[int, str]:
     if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
         found = [label_info(v) for v in dataset.values()]
         if not found:
-            raise ValueError("empty DatasetDict: no label names")
+            raise LoSamValueError("empty DatasetDict: no label names")
         return found[0]
     features = dataset.features or {}
     feature = features.get("label") if hasattr(features, "get") else None
@@ -160,7 +161,7 @@ def label_info(dataset) -> dict[int, str]:
     meta = _read_description(dataset.info)
     if meta.get("id2label"):
         return _normalise_id2label(meta["id2label"])
-    raise ValueError(
+    raise LoSamValueError(
         "this dataset carries no label names; load it with losam_peft.data.load or call "
         "losam_peft.data.attach_label_names(dataset, id2label)"
     )
@@ -547,7 +548,7 @@ def _get_spec(name: str) -> DatasetSpec:
     key = name.lower().replace("-", "_")
     key = _NAME_ALIASES.get(key, key)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted([*DATASETS, 'folder'])}")
+        raise LoSamValueError(f"unknown dataset {name!r}; known: {sorted([*DATASETS, 'folder'])}")
     return DATASETS[key]
 
 
@@ -562,7 +563,7 @@ def _load_spec(spec: DatasetSpec, root, split, *, skip_bad: bool, engine: Mappin
         valid = ("all", *spec.split_names)
         if split not in valid:
             hint = "" if spec.has_splits else f" ({spec.title} has no official splits)"
-            raise ValueError(f"{spec.name}: unknown split {split!r}; use None or one of {list(valid)}{hint}")
+            raise LoSamValueError(f"{spec.name}: unknown split {split!r}; use None or one of {list(valid)}{hint}")
     problems = _Problems(spec.name, skip_bad)
     plan = _plan(spec, root, problems)
     id2label = dict(enumerate(spec.labels))
@@ -612,7 +613,7 @@ def _split_options(spec: DatasetSpec, options: Mapping[str, Any]):
     variants = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
     unknown = set(variants) - set(spec.variants)
     if unknown:
-        raise TypeError(
+        raise LoSamTypeError(
             f"{spec.name}: unknown option(s) {sorted(unknown)}; valid: {sorted([*spec.variants, *ENGINE_OPTIONS])}"
         )
     resolved = {k: variants.get(k, spec.defaults.get(k)) for k in spec.variants}
@@ -730,7 +731,7 @@ def load_group(group: str | DatasetGroup, roots: Mapping[str, Any], *, skip_bad:
     group = DATASET_GROUPS[group] if isinstance(group, str) else group
     missing = [m.name for m in group.members if m.name not in roots]
     if missing:
-        raise ValueError(f"{group.name}: no root given for {missing}")
+        raise LoSamValueError(f"{group.name}: no root given for {missing}")
 
     def one(member):
         return load(member.name, roots[member.name], member.split, skip_bad=skip_bad, **{**options, **member.options})
@@ -748,15 +749,15 @@ def select_shots(dataset, k: int, seed: int = 0):
     from datasets import DatasetDict
 
     if isinstance(dataset, DatasetDict):
-        raise TypeError(f"select_shots needs one split, got a DatasetDict with {list(dataset)}")
+        raise LoSamTypeError(f"select_shots needs one split, got a DatasetDict with {list(dataset)}")
     if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise LoSamValueError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     ids = [str(i) for i in dataset["id"]]
     if k > len(ids):
-        raise ValueError(f"cannot draw {k} shots from {len(ids)} samples")
+        raise LoSamValueError(f"cannot draw {k} shots from {len(ids)} samples")
     if len(set(ids)) != len(ids):
-        raise ValueError("sample ids are not unique")
+        raise LoSamValueError("sample ids are not unique")
     rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{int(seed)}:{ids[i]}".encode()).hexdigest())
     chosen = rank[:k]
     subset = dataset.select(chosen)
@@ -931,7 +932,7 @@ def convert(
     ``push_to_hub="user/name"`` then uploads it (``private``, ``token``) and its card.
     """
     if format not in ("arrow", "parquet"):
-        raise ValueError(f"format must be 'arrow' or 'parquet', not {format!r}")
+        raise LoSamValueError(f"format must be 'arrow' or 'parquet', not {format!r}")
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")

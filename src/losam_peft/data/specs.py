@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import LoSamValueError
+
 __all__ = [
     "DATASETS",
     "DATASET_GROUPS",
@@ -119,7 +121,7 @@ class DatasetSpec:
             value = options.get(option, self.defaults.get(option))
             key = _variant_key(choices, value)
             if key is None:
-                raise ValueError(f"{self.name}: {option}={value!r} is not one of {list(choices)}")
+                raise LoSamValueError(f"{self.name}: {option}={value!r} is not one of {list(choices)}")
             spec = dataclasses.replace(spec, **choices[key])
         return spec
 

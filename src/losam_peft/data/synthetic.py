@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import LoSamValueError
+
 __all__ = [
     "SyntheticSample",
     "fundus",
@@ -675,7 +677,7 @@ def oct_bscan(
         H, W = int(size[0]), int(size[1])
     K = int(num_layers)
     if K < 1:
-        raise ValueError("num_layers must be >= 1")
+        raise LoSamValueError("num_layers must be >= 1")
     layers = list(_OCT_LAYERS)
     while len(layers) < K:
         j = len(layers) + 1
@@ -779,11 +781,11 @@ def make_samples(
     """
     k = _KIND_ALIASES.get(str(kind).lower())
     if k is None:
-        raise ValueError(f"unknown synthetic kind {kind!r}; expected one of {SYNTHETIC_KINDS}")
+        raise LoSamValueError(f"unknown synthetic kind {kind!r}; expected one of {SYNTHETIC_KINDS}")
     gen = {"fundus": fundus, "octa": octa, "oct": oct_bscan}[k]
     if k != "oct" and not isinstance(size, (int, np.integer)):
         if size[0] != size[1]:
-            raise ValueError(f"{k} images are square; got size={size}")
+            raise LoSamValueError(f"{k} images are square; got size={size}")
         size = int(size[0])
     out = []
     for i in range(int(n)):
@@ -811,11 +813,11 @@ def to_dataset(samples: Sequence[SyntheticSample]):
 
     samples = list(samples)
     if not samples:
-        raise ValueError("to_dataset needs at least one sample")
+        raise LoSamValueError("to_dataset needs at least one sample")
     id2label = samples[0].id2label
     for s in samples[1:]:
         if s.id2label != id2label:
-            raise ValueError("all samples must share the same id2label")
+            raise LoSamValueError("all samples must share the same id2label")
     modalities = sorted({s.modality for s in samples})
     features = datasets.Features(
         {

@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
+from ..errors import LoSamValueError
+
 LOSAM_PEFT_TYPE = "LOSAM"
 # matches the transformer blocks of a SamVisionEncoder: "layers.0" in the encoder, "vision_encoder.layers.0" in
 # SamForSemanticSegmentation
@@ -54,7 +56,7 @@ class LoSamConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = LOSAM_PEFT_TYPE
         if not isinstance(self.reduction, int) or self.reduction < 1:
-            raise ValueError(f"LoSamConfig.reduction must be a positive integer, got {self.reduction!r}")
+            raise LoSamValueError(f"LoSamConfig.reduction must be a positive integer, got {self.reduction!r}")
         if self.id2label is not None:
             self.id2label = {int(k): str(v) for k, v in dict(self.id2label).items()}
             if self.num_labels is None:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..errors import LoSamValueError
+
 
 class LoSamPromptLayer(nn.Module):
     """Eq. 2 of the paper: GELU(LN(W1(GELU(LN(DW3(GELU(LN(W1 f)))))))) on channels-last tokens.
@@ -25,7 +27,7 @@ class LoSamPromptLayer(nn.Module):
     def __init__(self, hidden_size: int, reduction: int = 4, eps: float = 1e-6):
         super().__init__()
         if hidden_size % reduction:
-            raise ValueError(f"hidden size {hidden_size} is not divisible by the reduction {reduction}")
+            raise LoSamValueError(f"hidden size {hidden_size} is not divisible by the reduction {reduction}")
         inner = hidden_size // reduction
         self.down = nn.Linear(hidden_size, inner)
         self.norm1 = nn.LayerNorm(inner, eps=eps)

@@ -7,6 +7,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionLayer
 
+from ..errors import LoSamValueError
 from .config import DEFAULT_TARGET_MODULES, LoSamConfig
 from .layer import LoSamLayer
 
@@ -30,7 +31,7 @@ class LoSamModel(BaseTuner):
         blocks = [name for name, module in model.named_modules() if isinstance(module, (SamVisionLayer, LoSamLayer))]
         blocks = [name for name in blocks if ".base_layer" not in name]
         if not blocks:
-            raise ValueError(
+            raise LoSamValueError(
                 f"LoSAM adapts a SAM image encoder, but {type(model).__name__} contains no SamVisionLayer blocks"
             )
         hidden = _encoder_hidden_size(model, blocks[0])
@@ -52,14 +53,14 @@ class LoSamModel(BaseTuner):
         matched = [name for name, _ in model.named_modules() if check_target_module_exists(probe, name)]
         matched = [name for name in matched if ".base_layer" not in name and "losam_" not in name]
         if not matched:
-            raise ValueError(
+            raise LoSamValueError(
                 f"LoSamConfig.target_modules={targets!r} matches no module; expected encoder blocks such as "
                 f"{blocks[0]!r} … {blocks[-1]!r}"
             )
         wrong = [name for name in matched if name not in blocks]
         if wrong:
             kinds = {type(model.get_submodule(name)).__name__ for name in wrong}
-            raise ValueError(
+            raise LoSamValueError(
                 f"LoSamConfig.target_modules={targets!r} matches {wrong[:3]} ({', '.join(sorted(kinds))}); LoSAM "
                 f"prompt layers go in front of SamVisionLayer blocks only, such as {blocks[0]!r}"
             )
@@ -78,7 +79,7 @@ class LoSamModel(BaseTuner):
             target.update_layer(adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
             return
         if not isinstance(target, SamVisionLayer):
-            raise ValueError(f"{current_key} is a {type(target).__name__}; LoSAM targets SamVisionLayer blocks only")
+            raise LoSamValueError(f"{current_key} is a {type(target).__name__}; LoSAM targets SamVisionLayer blocks only")
         new_module = LoSamLayer(target, adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
@@ -110,7 +111,7 @@ class LoSamModel(BaseTuner):
         return super()._remove_adapter_name_from_key(key, adapter_name)
 
     def _check_merge_allowed(self):
-        raise ValueError("LoSAM prompt layers cannot be merged into the encoder; use unload() instead")
+        raise LoSamValueError("LoSAM prompt layers cannot be merged into the encoder; use unload() instead")
 
 
 def _encoder_hidden_size(model: nn.Module, block_name: str) -> int:
@@ -127,7 +128,7 @@ def _check_recorded(field: str, recorded, found, adapter_name: str) -> None:
             "encoder_num_layers": "an encoder with this many blocks:",
             "num_labels": "a head with num_labels =",
         }[field]
-        raise ValueError(
+        raise LoSamValueError(
             f"adapter {adapter_name!r} was made for {what} {recorded}, but the model has {found}; "
             + (
                 "load the base model with the adapter's labels (num_labels/id2label from adapter_config.json)"
