@@ -13,6 +13,7 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 from .adapters import load_adapter, save_adapter
+from .constants import __version__  # noqa: F401  (the package version)
 from .fast_path import default_autocast_dtype, disable_fast_path, enable_fast_path, fast_path_enabled
 from .image_processing_losam import LoSamImageProcessor
 from .metrics import (
@@ -34,8 +35,6 @@ from .tuner import (
     LoSamModel,
     LoSamPromptLayer,
 )
-
-__version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:

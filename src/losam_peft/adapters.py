@@ -6,10 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME
 from .loading import CheckpointError, resolve_file
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def read_adapter_config(adapter: str, **hub_kwargs):
@@ -31,7 +29,7 @@ def check_adapter_files(adapter: str, **hub_kwargs) -> None:
     """Refuse an adapter without ``adapter_model.safetensors`` (pickled ``.bin`` weights are never loaded)."""
     folder = Path(str(adapter)).expanduser()
     if folder.is_dir() and not (folder / ADAPTER_WEIGHTS_NAME).is_file():
-        extra = " (it has adapter_model.bin, which losam-peft does not unpickle)" if (folder / "adapter_model.bin").exists() else ""
+        extra = " (it has {ADAPTER_PICKLE_NAME}, which losam-peft does not unpickle)" if (folder / ADAPTER_PICKLE_NAME).exists() else ""
         raise CheckpointError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{extra}")
     resolve_file(str(adapter), ADAPTER_WEIGHTS_NAME, **hub_kwargs)
 

@@ -29,21 +29,20 @@ Outputs in ``output_dir`` (each written to a temporary file and moved into place
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import io
-import json
 import math
 import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from datasets import DatasetDict
 
 from .atomic import (  # noqa: F401
     atomic_write_bytes,
@@ -51,14 +50,20 @@ from .atomic import (  # noqa: F401
     atomic_write_json,
     atomic_write_text,
 )
+from .baselines import is_method_folder, load_method_pipeline
+from .constants import IGNORE_INDEX
+from .data import DATASETS, folder, label_info
+from .data.samples import Sample, id2label_of
+from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
+from .metrics import SegmentationMetricAccumulator, per_image_rows
+from .pipeline import LoSamPipeline
 
 __all__ = [
     "LabelMismatchError",
-    "add_evaluate_arguments",
     "check_labels",
+    "load_evaluation_data",
     "evaluate_adapter",
-    "evaluate_command",
     "load_for_evaluation",
 ]
 
@@ -139,15 +144,11 @@ def _is_hf_dataset(obj) -> bool:
 
 def _dataset_labels(source) -> dict[int, str] | None:
     if _is_hf_dataset(source):
-        from .data.samples import id2label_of
-
         return id2label_of(source)
     return None
 
 
 def _row_to_sample(row: Mapping, index: int):
-    from .data.samples import Sample
-
     label = np.asarray(row["label"])
     if label.ndim == 3:
         label = label[..., 0]
@@ -161,8 +162,6 @@ def _row_to_sample(row: Mapping, index: int):
 
 
 def _to_sample(item, index: int):
-    from .data.samples import Sample
-
     if isinstance(item, Sample):
         return item
     if isinstance(item, Mapping):
@@ -200,21 +199,12 @@ def _length(source, limit: int | None) -> int | None:
 def load_for_evaluation(adapter: str | os.PathLike, base: str | None = None, device=None, dtype=None):
     """A ``LoSamPipeline`` for an adapter folder/Hub id, or for a model written by ``losam compare`` (head-only,
     LoRA or fully fine-tuned: a folder with ``method.json``)."""
-    folder = Path(str(adapter)).expanduser()
-    if folder.is_dir() and (folder / "method.json").is_file():
-        method = json.loads((folder / "method.json").read_text()).get("method")
-        if method and method != "losam":
-            from .compare import load_method_pipeline
-
-            return load_method_pipeline(folder, base=base, device=device, dtype=dtype)
-    from .pipeline import LoSamPipeline
-
+    if is_method_folder(adapter):
+        return load_method_pipeline(adapter, base=base, device=device, dtype=dtype)
     return LoSamPipeline.from_pretrained(str(adapter), base=base, device=device, dtype=dtype)
 
 
 def _as_pipeline(model_or_pipeline, *, base, device, dtype, image_processor):
-    from .pipeline import LoSamPipeline
-
     if isinstance(model_or_pipeline, (str, os.PathLike)):
         return load_for_evaluation(model_or_pipeline, base=base, device=device, dtype=dtype)
     if hasattr(model_or_pipeline, "predict_loaded") and hasattr(model_or_pipeline, "id2label"):
@@ -277,8 +267,6 @@ def evaluate_adapter(
         ``training.mean_foreground_dice`` take it as is), whose ``per_image`` entries also carry the image ``id``,
         plus ``evaluation`` (what was evaluated, how, and how long it took) and ``outputs`` (paths written).
     """
-    from .metrics import SegmentationMetricAccumulator
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LoSamValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_images is not None and max_images < 1:
@@ -407,7 +395,7 @@ class _Ranked:
 
 def _check_reference(reference, num_labels, image_id, dataset_name, model_labels, data_labels) -> None:
     values = np.unique(reference)
-    bad = values[(values >= num_labels) & (values != 255)]
+    bad = values[(values >= num_labels) & (values != IGNORE_INDEX)]
     if bad.size:
         raise LabelMismatchError(
             f"image {image_id!r} of {dataset_name} holds class ids {bad[:8].tolist()}, but the adapter predicts only "
@@ -453,8 +441,6 @@ def results_rows(results: Mapping[str, Any]) -> list[dict]:
 
 
 def _write_outputs(output_dir: Path, results, ids, pipe, best, worst, plot: bool) -> dict:
-    from .metrics import per_image_rows
-
     output_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"results_json": str(output_dir / RESULTS_JSON)}
     columns = ["level", "class_id", "class", *METRIC_COLUMNS, "tp", "fp", "fn", "tn"]
@@ -491,7 +477,7 @@ def _write_overlay(path: Path, sample, prediction, fov, pipe, title: str, dice: 
 
     num_labels = len(pipe.id2label)
     rgb = to_rgb8(sample.image)
-    reference = np.where(np.asarray(sample.label) == 255, 0, np.asarray(sample.label)).astype(np.int64)
+    reference = np.where(np.asarray(sample.label) == IGNORE_INDEX, 0, np.asarray(sample.label)).astype(np.int64)
     shown_prediction = np.asarray(prediction).astype(np.int64)
     if fov is not None:  # what is outside the FOV is not evaluated: do not draw it either
         shown_prediction = np.where(fov, shown_prediction, 0)
@@ -570,172 +556,59 @@ def _plot_dice(results: Mapping[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-# -- command line ------------------------------------------------------------------------------------------------------
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``losam evaluate``."""
-    parser.add_argument(
-        "--adapter", required=True, help="adapter folder or Hub id (or a model folder from losam compare)"
-    )
-    parser.add_argument("--base", default=None, help="override the base SAM checkpoint named by the adapter")
-    data = parser.add_argument_group("evaluation data (a dataset, or --images with --masks)")
-    data.add_argument("--dataset", default=None, help="a dataset name (losam_peft.data.DATASETS) or 'folder'")
-    data.add_argument("--data-root", default=None, help="where the dataset's download is unpacked")
-    data.add_argument(
-        "--split", default=None, help="split to evaluate (default: test where the dataset has one, else all)"
-    )
-    data.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                      help="a dataset variant, e.g. subset=DVC (ROSE-1), label=faz (OCTA-500); repeatable")  # fmt: skip
-    data.add_argument("--images", default=None, help="a folder of images (plain folder evaluation)")
-    data.add_argument("--masks", default=None, help="the folder of their masks, paired by file name")
-    data.add_argument("--fov-masks", default=None, help="optional folder of FOV masks paired by file name")
-    data.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning")
-    data.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", required=True, help="where results.json, results.csv, overlays… go")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: best available)")
-    run.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 where supported)")
-    run.add_argument("--batch-size", type=int, default=1)
-    run.add_argument("--no-fov", dest="fov", action="store_false", help="evaluate every pixel, not only the FOV")
-    run.add_argument("--num-overlays", type=int, default=3, help="overlays of the N best and N worst images")
-    run.add_argument("--level", choices=["dataset", "image"], default="dataset",
-                     help="table of counts summed over the dataset (default) or of per-image means")  # fmt: skip
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def load_evaluation_data(args, adapter_labels: Mapping | None = None):
-    """``(dataset, id2label, name)`` from ``--dataset/--data-root/--split`` or ``--images/--masks``."""
-    from .data import label_info
-
-    if args.images or args.masks:
-        if args.dataset:
-            raise DataError("give either --dataset or --images/--masks, not both")
-        if not (args.images and args.masks):
-            raise DataError("plain folder evaluation needs both --images and --masks")
-        dataset = _folder_dataset(
-            args.images, args.masks, getattr(args, "fov_masks", None), adapter_labels, args.skip_bad
-        )
-        name = f"{Path(args.images).name} + {Path(args.masks).name}"
-    elif args.dataset:
-        from .data import DATASETS
-        from .data.sources import load_split
-
-        split = args.split
-        if split is None:
-            spec = DATASETS.get(args.dataset)
-            split = "test" if spec is not None and "test" in spec.split_names else None
-        options = _dataset_options(getattr(args, "dataset_option", None) or [])
-        if options:
-            dataset = _load_with_options(args.dataset, args.data_root, split, options, args.skip_bad)
-        else:
-            dataset = load_split(args.dataset, args.data_root, args.split, skip_bad=args.skip_bad, default="test")
-        name = args.dataset + (f" ({split})" if split else "")
+# -- evaluation data ---------------------------------------------------------------------------------------------------
+def load_evaluation_data(
+    *,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    split: str | None = None,
+    images: str | None = None,
+    masks: str | None = None,
+    fov_masks: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    skip_bad: bool = False,
+    adapter_labels: Mapping | None = None,
+):
+    """``(dataset, id2label, name)``: a named dataset (``dataset``/``data_root``/``split``, default split test where
+    the dataset has one; ``options`` are its variants) or a plain folder pair (``images`` with ``masks``)."""
+    if images or masks:
+        if dataset:
+            raise DataError("give either a dataset or an images/masks folder pair, not both")
+        if not (images and masks):
+            raise DataError("plain folder evaluation needs both an images folder and a masks folder")
+        loaded = _folder_dataset(images, masks, fov_masks, adapter_labels, skip_bad, options)
+        name = f"{Path(images).name} + {Path(masks).name}"
+    elif dataset:
+        loaded = load_dataset_split(dataset, data_root, split, skip_bad=skip_bad, default="test", options=options)
+        chosen = split
+        if chosen is None:
+            spec = DATASETS.get(dataset)
+            chosen = "test" if spec is not None and "test" in spec.split_names else None
+        name = dataset + (f" ({chosen})" if chosen else "")
         if options:
             name += " [" + ", ".join(f"{k}={v}" for k, v in options.items()) + "]"
     else:
-        raise DataError("give the evaluation data: --dataset NAME --data-root ROOT, or --images DIR --masks DIR")
+        raise DataError("no evaluation data: give a dataset with its data root, or an images and a masks folder")
     try:
-        id2label = label_info(dataset)
+        id2label = label_info(loaded)
     except ValueError:
         id2label = None
-    return dataset, id2label, name
+    return loaded, id2label, name
 
 
-def _dataset_options(items: Sequence[str]) -> dict:
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DataError(f"--dataset-option takes KEY=VALUE, got {item!r}")
-        value = value.strip()
-        lowered = value.lower()
-        if lowered in ("true", "false"):
-            options[key.strip()] = lowered == "true"
-        elif re.fullmatch(r"-?\d+", value):
-            options[key.strip()] = int(value)
-        else:
-            options[key.strip()] = value
-    return options
-
-
-def _load_with_options(name: str, root, split, options: dict, skip_bad: bool):
-    from datasets import DatasetDict
-
-    from .data import load
-
-    if not root:
-        raise DataError(f"--dataset {name} needs --data-root (where its download is unpacked)")
-    if not Path(root).exists():
-        raise DataError(f"{root}: the data root of {name} does not exist", root)
-    try:
-        loaded = load(name, root, split, skip_bad=skip_bad, **options)
-    except DataError:
-        raise
-    except (TypeError, ValueError) as err:  # an option the dataset does not know, or a value it does not have
-        raise DataError(f"--dataset-option: {err}") from None
-    if isinstance(loaded, DatasetDict):
-        if len(loaded) > 1:
-            raise DataError(f"{name} has splits {list(loaded)}; choose one with --split")
-        loaded = next(iter(loaded.values()))
-    return loaded
-
-
-def _folder_dataset(images, masks, fov, adapter_labels, skip_bad):
-    from datasets import DatasetDict
-
-    from .data import folder
-
+def _folder_dataset(images, masks, fov, adapter_labels, skip_bad, options=None):
     images, masks = Path(images).expanduser().resolve(), Path(masks).expanduser().resolve()
-    for path, what in ((images, "--images"), (masks, "--masks")):
+    for path, what in ((images, "images"), (masks, "masks")):
         if not path.is_dir():
             raise DataError(f"{path}: the {what} folder does not exist", path)
     parts = [images, masks] + ([Path(fov).expanduser().resolve()] if fov else [])
     root = Path(os.path.commonpath(parts))
-    kwargs = {}
+    kwargs = dict(options or {})
     if not (root / "id2label.json").is_file() and adapter_labels and len(adapter_labels) > 2:
         # multi-class masks store class ids: read them as such, named like the adapter's classes
-        kwargs = {"label_map": {i: i for i in range(len(adapter_labels))}, "label_names": dict(adapter_labels)}
+        kwargs.update(label_map={i: i for i in range(len(adapter_labels))}, label_names=dict(adapter_labels))
     loaded = folder(root, images=str(images), masks=str(masks), fov=str(Path(fov).resolve()) if fov else None,
                     skip_bad=skip_bad, **kwargs)  # fmt: skip
     if isinstance(loaded, DatasetDict):
         loaded = next(iter(loaded.values()))
     return loaded
-
-
-def evaluate_command(args: argparse.Namespace) -> dict:
-    """``losam evaluate``: evaluate, print the paper's table, write the result files."""
-    from .metrics import format_paper_table
-
-    if args.batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_images is not None and args.max_images < 1:
-        raise DataError(f"--max-images must be at least 1, got {args.max_images}")
-    pipe = load_for_evaluation(args.adapter, base=args.base, device=args.device, dtype=args.dtype)
-    dataset, id2label, name = load_evaluation_data(args, pipe.id2label)
-    results = evaluate_adapter(
-        pipe,
-        dataset,
-        id2label,
-        args.output_dir,
-        batch_size=args.batch_size,
-        use_fov=args.fov,
-        max_images=args.max_images,
-        num_overlays=args.num_overlays,
-        progress=not args.quiet,
-        dataset_name=name,
-    )
-    info = results["evaluation"]
-    fov_note = f", FOV masks on {info['images_with_fov']} images" if info["images_with_fov"] else ""
-    print(
-        format_paper_table(
-            results,
-            title=f"{args.adapter} on {name}: {info['num_images']} images{fov_note} (percent)",
-            level=args.level,
-        )
-    )
-    outputs = results["outputs"]
-    print(f"results: {outputs['results_json']}, {outputs['results_csv']}, {outputs['per_image_csv']}")
-    if outputs.get("overlays"):
-        print(f"overlays of the best and worst images: {Path(outputs['overlays'][0]).parent}/")
-    if outputs.get("dice_plot"):
-        print(f"per-image Dice plot: {outputs['dice_plot']}")
-    return results

@@ -12,19 +12,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, IMAGE_PROCESSOR_NAME
+from .data.tags import normalise_modality, normalise_task
 from .errors import AdapterFolderError, HubError, LoSamValueError
-from .model_card import (
-    ADAPTER_PLACEHOLDER,
-    CARD_NAME,
-    normalise_modality,
-    normalise_task,
-)
+from .model_card import ADAPTER_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 
 LOSAM_TAG = "losam"
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", CARD_NAME)
-OPTIONAL_FILES = ("preprocessor_config.json",)
+REQUIRED_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME)
+OPTIONAL_FILES = (IMAGE_PROCESSOR_NAME,)
 KNOWN_MODALITIES = ("fundus", "octa", "oct")
 KNOWN_TASKS = ("vessels", "lesions", "layers")
 
@@ -42,7 +39,7 @@ def check_adapter_folder(folder: str | os.PathLike) -> Path:
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         hints = []
-        if "adapter_model.safetensors" in missing and (folder / "adapter_model.bin").is_file():
+        if ADAPTER_WEIGHTS_NAME in missing and (folder / ADAPTER_PICKLE_NAME).is_file():
             hints.append(
                 "it has adapter_model.bin, which losam-peft neither loads nor uploads; re-save with safetensors"
             )

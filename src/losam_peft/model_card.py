@@ -19,40 +19,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .atomic import atomic_write_text
+from .constants import CARD_NAME, __version__
+from .data.tags import normalise_modality, normalise_task
 
 TEMPLATES_DIR = Path(__file__).parent / "model_cards"
-CARD_NAME = "README.md"
 #: What the loading snippets say until the card is pushed (``hub.push_adapter`` puts the repository id in).
 ADAPTER_PLACEHOLDER = "path/to/adapter"
 BASE_TAGS = ("losam", "medical", "ophthalmology", "image-segmentation")
 
-_MODALITY_ALIASES = {
-    "fundus": "fundus",
-    "cfp": "fundus",
-    "color-fundus": "fundus",
-    "colour-fundus": "fundus",
-    "fundus-photography": "fundus",
-    "retinal-fundus": "fundus",
-    "octa": "octa",
-    "oct-a": "octa",
-    "oct-angiography": "octa",
-    "oct": "oct",
-    "oct-b-scan": "oct",
-    "b-scan": "oct",
-}
-_TASK_ALIASES = {
-    "vessels": "vessels",
-    "vessel": "vessels",
-    "vessel-segmentation": "vessels",
-    "vasculature": "vessels",
-    "lesions": "lesions",
-    "lesion": "lesions",
-    "lesion-segmentation": "lesions",
-    "layers": "layers",
-    "layer": "layers",
-    "retinal-layers": "layers",
-    "layer-segmentation": "layers",
-}
 TEMPLATES = {
     ("fundus", "vessels"): "fundus_vessels.md",
     ("octa", "vessels"): "octa_vessels.md",
@@ -91,23 +65,6 @@ _METRICS = (  # (key, pretty name, model-index metric type)
     ("specificity", "Specificity", "specificity"),
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def normalise_modality(value: str | None) -> str | None:
-    """``"Colour fundus"`` -> ``"fundus"``, ``"OCT-A"`` -> ``"octa"``; unknown values are slugged, ``None`` stays."""
-    return _normalise(value, _MODALITY_ALIASES)
-
-
-def normalise_task(value: str | None) -> str | None:
-    """``"vessel"`` -> ``"vessels"``, ``"retinal layers"`` -> ``"layers"``; unknown values are slugged."""
-    return _normalise(value, _TASK_ALIASES)
-
-
-def _normalise(value, aliases) -> str | None:
-    if value is None or not str(value).strip():
-        return None
-    slug = re.sub(r"[^a-z0-9]+", "-", str(value).strip().lower()).strip("-")
-    return aliases.get(slug, slug) or None
 
 
 def template_path(modality: str | None, task: str | None) -> Path:
@@ -319,8 +276,6 @@ def build_model_card(
         tags: extra tags.
         template: a template to use instead of the one chosen by modality and task.
     """
-    from . import __version__
-
     modality = normalise_modality(getattr(peft_config, "modality", None))
     task = normalise_task(getattr(peft_config, "task", None))
     if base_model is None:

@@ -1,19 +1,62 @@
-"""Turning command-line data options into training/evaluation samples, checked before any training starts.
+"""Where training and evaluation samples come from, checked before any training starts.
 
-Training data is one of: ``--train-image`` + ``--train-mask`` (one-shot), ``--train-dir`` (few-shot folder with
-``images/`` and ``masks/`` paired by name), or ``--dataset NAME --data-root ROOT [--split S]``; ``--shots K
---shot-seed S`` draws K images (the ids drawn are recorded in ``train_config.json`` and ``metrics.json``).
-Evaluation data takes the same forms with ``--eval-*``; with ``--dataset`` and no explicit evaluation data the
-dataset's test split is used when it has one.
+Training data is one of: one image and its mask (``train_image`` + ``train_mask``, one-shot), a folder with
+``images/`` and ``masks/`` paired by name (``train_dir``, few-shot), or a named dataset (``dataset`` + ``data_root``
+[+ ``split``]); ``shots=K, shot_seed=S`` draws K images (the ids drawn are recorded with the run). Evaluation data
+takes the same forms with ``eval_*``; with a ``dataset`` and an ``eval_split`` the same dataset is used.
+``dataset_options`` are the dataset's own variants (``subset`` of ROSE-1, ``label``/``projection`` of OCTA-500,
+``include_optic_disc`` of IDRiD) and the engine's options (``mask_threshold``, ``derive_fov``, ``max_pixels``).
+
+:class:`DataOptions` holds these settings (its fields' help texts are what the command line shows);
+:func:`load_training_data` turns them into samples.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
-from .io import DataError
+from datasets import DatasetDict
+
+from ..errors import DataError
+from .loaders import folder, load, select_shots
 from .samples import Sample, id2label_of, read_pair, samples_from_dataset
+from .specs import DATASETS
+from .tags import normalise_modality, normalise_task
+
+__all__ = ["DataOptions", "TrainingData", "load_dataset_split", "load_folder", "load_training_data"]
+
+
+@dataclass
+class DataOptions:
+    """Training (and optional evaluation) data of a run. Field names are the command line's option names."""
+
+    train_image: Optional[str] = field(default=None, metadata={"help": "one-shot: the training image"})
+    train_mask: Optional[str] = field(
+        default=None, metadata={"help": "one-shot: its mask (0/255, 0/1, 1-bit, class ids or losam palette)"}
+    )
+    train_dir: Optional[str] = field(
+        default=None, metadata={"help": "few-shot: a folder with images/ and masks/ paired by file name"}
+    )
+    dataset: Optional[str] = field(
+        default=None, metadata={"help": "a dataset name (losam_peft.data.DATASETS) or 'folder', with --data-root"}
+    )
+    data_root: Optional[str] = field(default=None, metadata={"help": "where the dataset's download is unpacked"})
+    split: Optional[str] = field(default=None, metadata={"help": "dataset split to train on (default: train, or all)"})
+    shots: Optional[int] = field(
+        default=None, metadata={"help": "draw K training images from the dataset/folder", "min": 1}
+    )
+    shot_seed: int = field(default=0, metadata={"help": "seed of the K-shot draw (recorded in the outputs)", "min": 0})
+    skip_bad: bool = field(default=False, metadata={"help": "skip unreadable dataset files with a warning"})
+    dataset_options: dict = field(default_factory=dict, metadata={"help": "dataset variants and engine options"})
+    eval_image: Optional[str] = field(default=None, metadata={"help": "an evaluation image"})
+    eval_mask: Optional[str] = field(default=None, metadata={"help": "its mask"})
+    eval_dir: Optional[str] = field(default=None, metadata={"help": "a folder with images/ and masks/"})
+    eval_dataset: Optional[str] = field(default=None, metadata={"help": "a dataset name for evaluation"})
+    eval_data_root: Optional[str] = field(default=None, metadata={"help": "its root (default: --data-root)"})
+    eval_split: Optional[str] = field(default=None, metadata={"help": "its split (default: test when it exists)"})
 
 
 @dataclass
@@ -26,39 +69,39 @@ class TrainingData:
     datasets: list[str] = field(default_factory=list)
 
 
-def load_split(name: str, root: str, split: str | None, *, skip_bad: bool = False, default: str = "train"):
-    """A single ``datasets.Dataset`` of a named dataset: ``split``, else ``default`` when the dataset has splits."""
-    from datasets import DatasetDict
-
-    from .loaders import load
-    from .specs import DATASETS
-
+def load_dataset_split(
+    name: str,
+    root: str | None,
+    split: str | None,
+    *,
+    skip_bad: bool = False,
+    default: str = "train",
+    options: Mapping[str, Any] | None = None,
+):
+    """One ``datasets.Dataset`` of a named dataset: ``split``, else ``default`` when the dataset has that split."""
     if name != "folder" and name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, folder")
     if not root:
-        raise DataError(f"--dataset {name} needs --data-root (where its download is unpacked)")
+        raise DataError(f"the dataset {name} needs a data root (where its download is unpacked)")
     if not Path(root).exists():
         raise DataError(f"{root}: the data root of {name} does not exist", root)
     spec = DATASETS.get(name)
     if split is None and spec is not None and spec.has_splits:
         split = default if default in spec.split_names else None
-    loaded = load(name, root, split, skip_bad=skip_bad)
+    loaded = load(name, root, split, skip_bad=skip_bad, **dict(options or {}))
     if isinstance(loaded, DatasetDict):
         if split is None and len(loaded) > 1:
-            raise DataError(f"{name} has splits {list(loaded)}; choose one with --split")
+            raise DataError(f"{name} has splits {list(loaded)}; choose one")
         loaded = next(iter(loaded.values()))
     return loaded
 
 
-def _from_folder(root: str, *, skip_bad: bool):
-    from .loaders import folder
-
+def load_folder(root: str, *, skip_bad: bool = False, options: Mapping[str, Any] | None = None):
+    """The samples of an ``images/`` + ``masks/`` folder as one ``datasets.Dataset``."""
     path = Path(root)
     if not path.is_dir():
         raise DataError(f"{path}: the folder does not exist", path)
-    loaded = folder(path, skip_bad=skip_bad)
-    from datasets import DatasetDict
-
+    loaded = folder(path, skip_bad=skip_bad, **dict(options or {}))
     if isinstance(loaded, DatasetDict):
         loaded = next(iter(loaded.values()))
     return loaded
@@ -67,69 +110,78 @@ def _from_folder(root: str, *, skip_bad: bool):
 def _select(dataset, shots: int | None, seed: int):
     if shots is None:
         return dataset
-    from .loaders import select_shots
-
     if shots < 1:
-        raise DataError(f"--shots must be at least 1, got {shots}")
+        raise DataError(f"shots must be at least 1, got {shots}")
     if shots > len(dataset):
-        raise DataError(f"--shots {shots} asks for more images than the {len(dataset)} available")
+        raise DataError(f"{shots} shots asked for, but only {len(dataset)} images are available")
     subset, _ = select_shots(dataset, shots, seed)
     return subset
 
 
 def _dataset_meta(name: str | None):
     """The dataset's modality and task as short tags (``fundus``, ``vessels``) for adapter configs and cards."""
-    from ..model_card import normalise_modality, normalise_task
-    from .specs import DATASETS
-
     spec = DATASETS.get(name) if name else None
     if spec is None:
         return None, None
     return normalise_modality(spec.modality), normalise_task(spec.task)
 
 
-def load_training_data(args) -> TrainingData:
-    """Samples for ``losam train``/``compare`` from parsed arguments (see the module docstring)."""
-    num_labels = getattr(args, "num_labels", None)
-    labels = getattr(args, "labels", None)
-    if labels:
-        num_labels = len(labels)
-    sources = [bool(args.train_image or args.train_mask), bool(args.train_dir), bool(args.dataset)]
+def load_training_data(options: DataOptions | None = None, *, num_labels: int | None = None, **settings) -> TrainingData:
+    """Samples for training (and evaluation) from ``options`` (or the same settings as keyword arguments)."""
+    if options is None:
+        options = DataOptions(**settings)
+    elif settings:
+        raise TypeError("give a DataOptions or keyword settings, not both")
+    o = options
+    sources = [bool(o.train_image or o.train_mask), bool(o.train_dir), bool(o.dataset)]
     if sum(sources) != 1:
-        raise DataError("give exactly one training source: --train-image/--train-mask, --train-dir or --dataset")
+        raise DataError("give exactly one training source: train_image with train_mask, train_dir, or dataset")
     id2label, modality, task, datasets = None, None, None, []
-    if args.train_image or args.train_mask:
-        if not (args.train_image and args.train_mask):
-            raise DataError("one-shot training needs both --train-image and --train-mask")
-        train = [read_pair(args.train_image, args.train_mask, num_labels)]
+    if o.train_image or o.train_mask:
+        if not (o.train_image and o.train_mask):
+            raise DataError("one-shot training needs both train_image and train_mask")
+        if o.shots is not None:
+            raise DataError("shots draws images from a dataset or folder; it has no meaning with train_image")
+        train = [read_pair(o.train_image, o.train_mask, num_labels)]
     else:
-        if args.train_dir:
-            dataset = _from_folder(args.train_dir, skip_bad=args.skip_bad)
+        if o.train_dir:
+            dataset = load_folder(o.train_dir, skip_bad=o.skip_bad)
         else:
-            dataset = load_split(args.dataset, args.data_root, args.split, skip_bad=args.skip_bad, default="train")
-            modality, task = _dataset_meta(args.dataset)
-            datasets.append(args.dataset)
+            dataset = load_dataset_split(
+                o.dataset, o.data_root, o.split, skip_bad=o.skip_bad, default="train", options=o.dataset_options
+            )
+            modality, task = _dataset_meta(o.dataset)
+            datasets.append(o.dataset)
         id2label = id2label_of(dataset)
-        dataset = _select(dataset, args.shots, args.shot_seed)
+        dataset = _select(dataset, o.shots, o.shot_seed)
         train = samples_from_dataset(dataset)
     if not train:
         raise DataError("the training set is empty")
 
     evaluation = None
-    if getattr(args, "eval_image", None) or getattr(args, "eval_mask", None):
-        if not (args.eval_image and args.eval_mask):
-            raise DataError("evaluation on one image needs both --eval-image and --eval-mask")
-        evaluation = [read_pair(args.eval_image, args.eval_mask, num_labels or (len(id2label) if id2label else None))]
-    elif getattr(args, "eval_dir", None):
-        evaluation = samples_from_dataset(_from_folder(args.eval_dir, skip_bad=args.skip_bad))
-    elif getattr(args, "eval_dataset", None) or (args.dataset and getattr(args, "eval_split", None)):
-        name = args.eval_dataset or args.dataset
-        root = getattr(args, "eval_data_root", None) or args.data_root
+    if o.eval_image or o.eval_mask:
+        if not (o.eval_image and o.eval_mask):
+            raise DataError("evaluation on one image needs both eval_image and eval_mask")
+        evaluation = [read_pair(o.eval_image, o.eval_mask, num_labels or (len(id2label) if id2label else None))]
+    elif o.eval_dir:
+        evaluation = samples_from_dataset(load_folder(o.eval_dir, skip_bad=o.skip_bad))
+    elif o.eval_dataset or (o.dataset and o.eval_split):
+        name = o.eval_dataset or o.dataset
+        root = o.eval_data_root or o.data_root
+        same = name == o.dataset
         evaluation = samples_from_dataset(
-            load_split(name, root, args.eval_split, skip_bad=args.skip_bad, default="test")
+            load_dataset_split(
+                name, root, o.eval_split, skip_bad=o.skip_bad, default="test",
+                options=o.dataset_options if same else None,
+            )  # fmt: skip
         )
         if name not in datasets:
             datasets.append(name)
     if evaluation is not None and not evaluation:
         raise DataError("the evaluation set is empty")
     return TrainingData(train, evaluation, id2label, modality, task, datasets)
+
+
+# names of earlier releases
+load_split = load_dataset_split
+_from_folder = load_folder

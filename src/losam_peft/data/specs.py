@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import LoSamValueError
+from ..errors import LoSamTypeError, LoSamValueError
 
 __all__ = [
     "DATASETS",
@@ -113,7 +113,7 @@ class DatasetSpec:
         """The spec with variant options applied (unknown options or values raise ``TypeError``/``ValueError``)."""
         unknown = set(options) - set(self.variants)
         if unknown:
-            raise TypeError(
+            raise LoSamTypeError(
                 f"{self.name}: unknown option(s) {sorted(unknown)}; dataset options are {sorted(self.variants)}"
             )
         spec = self

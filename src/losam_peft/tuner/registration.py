@@ -10,10 +10,9 @@ this against PEFT releases that change the tables.
 
 from __future__ import annotations
 
+from ..constants import SUPPORTED_PEFT
 from .config import LOSAM_PEFT_TYPE, LoSamConfig
 from .model import LoSamModel
-
-SUPPORTED_PEFT = ">=0.21,<0.22"
 
 
 def register_losam_peft_type() -> None:

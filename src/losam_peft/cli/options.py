@@ -1,0 +1,140 @@
+"""Command-line options generated from the library's dataclasses, so every default lives in one place.
+
+Each field becomes ``--field-name``; its ``metadata`` may hold ``help``, ``choices``, ``min``/``max`` (inclusive),
+``above`` (exclusive lower bound), ``below`` (exclusive upper bound) and ``multiple_of``. Values are range-checked
+while parsing, so a bad number stops the command before any work with one ``error:`` line naming the option.
+Options left out on the command line do not appear in the namespace (``argparse.SUPPRESS``): the library's own
+default (and a preset's override of it) then applies, and ``--help`` shows that default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+
+def _base_type(annotation) -> Any:
+    """``Optional[int]`` -> ``int``; ``int | None`` -> ``int``; anything else unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if args and type(None) in typing.get_args(annotation):
+        return args[0]
+    return annotation
+
+
+def checked(kind: type, metadata: Mapping[str, Any], flag: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses ``kind`` and enforces the field's range metadata."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
+        low, high = metadata.get("min"), metadata.get("max")
+        above, below = metadata.get("above"), metadata.get("below")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{flag} must be at most {high}, got {text}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"{flag} must be greater than {above}, got {text}")
+        if below is not None and not value < below:
+            raise argparse.ArgumentTypeError(f"{flag} must be less than {below}, got {text}")
+        step = metadata.get("multiple_of")
+        if step and value % step:
+            raise argparse.ArgumentTypeError(f"{flag} must be a multiple of {step}, got {text}")
+        return value
+
+    return parse
+
+
+def _default_of(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _describe_default(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def add_dataclass_options(
+    parser,
+    cls,
+    *,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    required: Iterable[str] = (),
+    defaults: Mapping[str, str] | None = None,
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    help_overrides: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Add one option per field of dataclass ``cls`` to ``parser`` (or an argument group); returns the field names.
+
+    ``defaults`` describes a default in words where the field's value is decided later (``{"epochs": "32, or the
+    preset's"}``); ``aliases`` are extra, hidden spellings of an option (names of earlier releases).
+    """
+    hints = typing.get_type_hints(cls)
+    exclude, required = set(exclude), set(required)
+    chosen = list(only) if only is not None else None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = chosen if chosen is not None else [n for n in fields if n not in exclude]
+    added = []
+    for name in names:
+        field = fields[name]
+        meta = dict(field.metadata)
+        kind = _base_type(hints[name])
+        flag = "--" + name.replace("_", "-")
+        default = _default_of(field)
+        help_text = (help_overrides or {}).get(name, meta.get("help", ""))
+        shown = (defaults or {}).get(name, None)
+        extra = [a for a in (aliases or {}).get(name, ())]
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        if name in required:
+            kwargs["required"] = True
+        if kind is bool:
+            if default is True:
+                flags = ["--no-" + name.replace("_", "-")]
+                kwargs.update(action="store_false", help=f"{help_text} (default: on; this turns it off)")
+            else:
+                flags = [flag]
+                kwargs.update(action="store_true", help=f"{help_text} (default: off)")
+            parser.add_argument(*flags, **kwargs)
+        elif kind in (int, float, str):
+            if kind is str:
+                kwargs["type"] = str
+            else:
+                kwargs["type"] = checked(kind, meta, flag)
+            if meta.get("choices"):
+                kwargs["choices"] = list(meta["choices"])
+            if name not in required and "(default" not in help_text:
+                described = shown if shown is not None else _describe_default(default)
+                help_text = f"{help_text} (default: {described})"
+            kwargs["help"] = help_text
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+            parser.add_argument(flag, **kwargs)
+        else:
+            continue  # lists and mappings have their own options
+        for alias in extra:
+            hidden = dict(kwargs, help=argparse.SUPPRESS)
+            hidden.pop("required", None)
+            parser.add_argument(alias, **hidden)
+        added.append(name)
+    return added
+
+
+def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The values of ``names`` that the command line set (options left out are absent)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
