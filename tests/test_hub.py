@@ -135,3 +135,31 @@ def test_find_adapters_offline(monkeypatch):
     monkeypatch.setattr(HfApi, "list_models", offline)
     with pytest.raises(HubError, match="offline mode is on"):
         find_adapters()
+
+
+def test_push_refuses_a_local_base_unless_its_hub_id_is_given(tmp_path, monkeypatch):
+    base = tmp_path / "my-sam"
+    base.mkdir()
+    folder = tmp_path / "adapter"
+    model = get_peft_model(tiny_model(), LoSamConfig(base_model_name_or_path=str(base)))
+    model.peft_config["default"].base_model_name_or_path = str(base)
+    model.save_pretrained(folder)
+    write_model_card(folder, model.peft_config["default"], base_model=str(base))
+    with pytest.raises(ValueError, match="base_repo_id"):
+        push_adapter(folder, "someone/x")
+    seen = {}
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+
+    def upload_folder(self, **kwargs):
+        import json
+
+        staged = kwargs["folder_path"]
+        seen["config"] = json.loads((staged / "adapter_config.json").read_text())
+        seen["card"] = ModelCard((staged / "README.md").read_text())
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    push_adapter(folder, "someone/x", base_repo_id="facebook/sam-vit-base")
+    assert seen["config"]["base_model_name_or_path"] == "facebook/sam-vit-base"
+    assert seen["card"].data.base_model == "facebook/sam-vit-base"
+    assert str(base) not in seen["card"].text

@@ -7,11 +7,6 @@ Importing the package registers the "LOSAM" PEFT type (so ``peft.get_peft_model`
 
 from __future__ import annotations
 
-import warnings
-
-# PEFT 0.21 still asks transformers 5 for `is_gradient_checkpointing`; the deprecation is not the user's to act on.
-warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
 from .adapters import load_adapter, save_adapter
 from .constants import __version__  # noqa: F401  (the package version)
 from .fast_path import default_autocast_dtype, disable_fast_path, enable_fast_path, fast_path_enabled

@@ -18,11 +18,18 @@ def read_adapter_config(adapter: str, **hub_kwargs):
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the adapter configuration ({err})") from None
+        raise CheckpointError(f"{path}: cannot read the adapter configuration ({err})", path) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path}: the adapter configuration must be a JSON object, found a {type(data).__name__}", path
+        )
     if data.get("peft_type") != LOSAM_PEFT_TYPE:
         raise CheckpointError(f"{path}: peft_type is {data.get('peft_type')!r}, not a LoSAM adapter ({LOSAM_PEFT_TYPE!r})")
     known = set(LoSamConfig.__dataclass_fields__)
-    return LoSamConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+    try:
+        return LoSamConfig(**{k: v for k, v in data.items() if k in known and k != "peft_type"})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a valid LoSAM adapter configuration ({err})", path) from None
 
 
 def check_adapter_files(adapter: str, **hub_kwargs) -> None:

@@ -14,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the permissions an ordinary ``open``/``mkdir`` would have:
+    0644/0755 under umask 022."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def atomic_save(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` and move the result to ``path``; the temporary file keeps ``path``'s suffix so that
     writers that pick a format by extension (PIL, matplotlib) still work."""
@@ -23,6 +36,7 @@ def atomic_save(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(handle)
     try:
         write(temp)
+        honour_umask(temp)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -63,6 +77,7 @@ def write_staged(output_dir: str | os.PathLike, write: Callable[[Path], None]) -
         write(staging)
         for item in staging.iterdir():
             if item.is_file():
+                honour_umask(item)
                 os.replace(item, output_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -82,3 +97,19 @@ def json_default(value):
     if isinstance(value, Path) or type(value).__module__.startswith("torch"):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``path`` as a folder that can be created or written into: refuses a path that is a file, or that lies under a
+    file, before any work is done (``OutputExistsError`` naming it)."""
+    from .errors import OutputExistsError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path}: the {what} is an existing file, not a folder", path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{path}: the {what} lies under {parent}, which is a file", parent)
+            break
+    return path

@@ -15,7 +15,7 @@ from pathlib import Path
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, IMAGE_PROCESSOR_NAME
 from .data.tags import normalise_modality, normalise_task
 from .errors import AdapterFolderError, HubError, LoSamValueError
-from .model_card import ADAPTER_PLACEHOLDER
+from .model_card import ADAPTER_PLACEHOLDER, is_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,20 @@ REQUIRED_FILES = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME)
 OPTIONAL_FILES = (IMAGE_PROCESSOR_NAME,)
 KNOWN_MODALITIES = ("fundus", "octa", "oct")
 KNOWN_TASKS = ("vessels", "lesions", "layers")
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """A failure to reach the Hub: OS-level socket errors and the HTTP client's own transport errors (httpx's
+    ``ConnectError``, ``TimeoutException``… are not ``OSError``)."""
+    if isinstance(err, OSError):
+        return True
+    for cls in type(err).__mro__:
+        module = cls.__module__ or ""
+        if module.split(".")[0].startswith(("httpx", "httpcore", "requests", "urllib3")) and cls.__name__.endswith(
+            ("ConnectError", "ConnectionError", "TimeoutException", "Timeout", "NetworkError", "TransportError")
+        ):
+            return True
+    return False
 
 
 def check_adapter_folder(folder: str | os.PathLike) -> Path:
@@ -76,12 +90,16 @@ def push_adapter(
     token: str | None = None,
     commit_message: str | None = None,
     revision: str | None = None,
+    base_repo_id: str | None = None,
 ) -> str:
     """Upload an adapter folder (config, safetensors weights, model card, image processor) to ``repo_id``.
 
     The repository is created if needed (``private`` applies only then). The card's loading snippets, written with a
     placeholder before the repository was known, are filled in with ``repo_id`` in the uploaded copy; the local
     folder is not changed. Returns the repository's URL.
+
+    An adapter whose base is a local folder would not load for anyone else: it is refused unless ``base_repo_id``
+    names that base's Hub repository, which then goes into the uploaded ``adapter_config.json`` and card.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -98,6 +116,17 @@ def push_adapter(
         raise LoSamValueError(f"{repo_id!r} is not a valid Hub repository id (expected ORG/NAME): {err}") from None
     if "/" not in repo_id:
         raise LoSamValueError(f"repo_id must be ORG/NAME (or USER/NAME), got {repo_id!r}")
+    from .adapters import read_adapter_config
+
+    base = read_adapter_config(str(folder)).base_model_name_or_path
+    local_base = bool(base) and (os.path.isabs(str(base)) or Path(str(base)).expanduser().exists())
+    if base_repo_id is not None and not is_hub_id(base_repo_id):
+        raise LoSamValueError(f"base_repo_id must be a Hub repository id (ORG/NAME), got {base_repo_id!r}")
+    if local_base and base_repo_id is None:
+        raise LoSamValueError(
+            f"{folder}: the adapter's base is the local folder {base}, which nobody else has; say which Hub "
+            "repository holds that base with base_repo_id (--base-repo-id), e.g. facebook/sam-vit-base"
+        )
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="losam-push-") as staging:
         staging_path = Path(staging)
@@ -105,6 +134,8 @@ def push_adapter(
             source = folder / name
             if source.is_file():
                 shutil.copy2(source, staging_path / name)
+        if base_repo_id is not None:
+            _rebase(staging_path, str(base) if base else None, base_repo_id)
         card_path = staging_path / CARD_NAME
         text = card_path.read_text(encoding="utf-8")
         if ADAPTER_PLACEHOLDER in text:
@@ -128,10 +159,28 @@ def push_adapter(
                     "token with write access to that namespace"
                 ) from None
             raise HubError(f"the upload to {repo_id} failed: {err}") from None
-        except OSError as err:  # connection errors
-            raise HubError(f"cannot reach the Hub to upload {repo_id}: {err}") from None
+        except Exception as err:
+            if not is_connection_error(err):
+                raise
+            raise HubError(f"cannot reach the Hub to upload {repo_id} ({type(err).__name__}: {err})") from None
     logger.info("uploaded %s to %s (%s)", folder, repo_url, getattr(commit, "commit_url", commit))
     return str(repo_url)
+
+
+def _rebase(staging: Path, old: str | None, repo_id: str) -> None:
+    """Name the Hub base in the staged copy's adapter config and card (the local folder stays as it is)."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    config_path = staging / ADAPTER_CONFIG_NAME
+    data = json.loads(config_path.read_text())
+    data["base_model_name_or_path"] = repo_id
+    config_path.write_text(json.dumps(data, indent=2))
+    card = ModelCard.load(staging / CARD_NAME)
+    card.data.base_model = repo_id
+    text = card.text.replace(old, repo_id) if old else card.text
+    ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}").save(staging / CARD_NAME)
 
 
 def find_adapters(
@@ -164,8 +213,10 @@ def find_adapters(
         raise HubError("cannot list adapters: offline mode is on (HF_HUB_OFFLINE=1)") from None
     except HfHubHTTPError as err:
         raise HubError(f"the Hub refused the listing: {err}") from None
-    except OSError as err:
-        raise HubError(f"cannot reach the Hub to list adapters: {err}") from None
+    except Exception as err:
+        if not is_connection_error(err):
+            raise
+        raise HubError(f"cannot reach the Hub to list adapters ({type(err).__name__}: {err})") from None
     endpoint = constants.ENDPOINT.rstrip("/")
     return [_describe(model, endpoint) for model in models]
 

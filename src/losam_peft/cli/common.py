@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any
 
 from ..data.sources import DataOptions
@@ -127,6 +128,10 @@ def training_config(args: argparse.Namespace, data) -> TrainingConfig:
     values.setdefault("task", None)
     values["modality"] = values["modality"] or data.modality
     values["task"] = values["task"] or data.task
+    if "base" in values and Path(values["base"]).expanduser().exists():
+        values["base"] = str(Path(values["base"]).expanduser().resolve())  # portable: not relative to the cwd
+    if values.get("resume_from"):
+        values["resume_from"] = str(Path(values["resume_from"]).expanduser().resolve())
     return TrainingConfig(
         output_dir=args.output_dir,
         id2label=id2label,
