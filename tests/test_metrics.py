@@ -621,7 +621,7 @@ def test_evaluate_module_matches(evaluate_metric, seed):
     )
     evaluate_metric.add_batch(predictions=[preds[2]], references=[torch.from_numpy(refs[2])], fov=[fovs[2]])
     evaluate_metric.add(prediction=preds[3], reference=refs[3], fov=fovs[3])
-    got = evaluate_metric.compute(num_labels=num_labels, ignore_index=255, id2label={1: "vessel"})
+    got = evaluate_metric.compute(num_labels=num_labels, ignore_index=255, id2label={1: "vessel"}, nested=True)
     expected = segmentation_metrics(preds, refs, num_labels, fov=fovs, id2label={1: "vessel"})
     assert got == expected
     assert_matches_brute(got, preds, refs, num_labels, 255, fovs)
@@ -630,12 +630,12 @@ def test_evaluate_module_matches(evaluate_metric, seed):
 
 def test_evaluate_module_compute_direct_and_no_fov(evaluate_metric):
     preds, refs, _ = make_images(55, 3, [(8, 8), (5, 9)])
-    got = evaluate_metric.compute(predictions=preds, references=refs, num_labels=3)
+    got = evaluate_metric.compute(predictions=preds, references=refs, num_labels=3, nested=True)
     assert got == segmentation_metrics(preds, refs, 3)
     # uniform-size batch without fov, ignore_index None, all-background edge case
     z = np.zeros((2, 4, 4), dtype=np.uint8)
     evaluate_metric.add_batch(predictions=z, references=z)
-    got = evaluate_metric.compute(num_labels=2, ignore_index=None, per_image=False)
+    got = evaluate_metric.compute(num_labels=2, ignore_index=None, per_image=False, nested=True)
     assert got == segmentation_metrics(z, z, 2, ignore_index=None, per_image=False)
     assert got["per_class"][1]["dice"] is None
 
@@ -663,5 +663,10 @@ def test_load_evaluate_metric_helper_in_memory(monkeypatch):
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
     metric = M.load_evaluate_metric(keep_in_memory=True)
     preds, refs, fovs = make_images(77, 2, [(6, 6), (5, 7)], with_fov=True)
-    got = metric.compute(predictions=preds, references=refs, fov=fovs, num_labels=2)
+    got = metric.compute(predictions=preds, references=refs, fov=fovs, num_labels=2, nested=True)
     assert got == segmentation_metrics(preds, refs, 2, fov=fovs)
+    flat = metric.compute(predictions=preds, references=refs, fov=fovs, num_labels=2, id2label={0: "background", 1: "vessel"})
+    expected = segmentation_metrics(preds, refs, 2, fov=fovs)
+    assert flat["dice_vessel"] == expected["per_class"][1]["dice"] and flat["mean_dice"] == expected["mean_foreground"]["dataset"]["dice"]
+    assert flat["image_mean_iou"] == expected["mean_foreground"]["image"]["iou"]
+    assert all(not isinstance(v, dict) for v in flat.values())

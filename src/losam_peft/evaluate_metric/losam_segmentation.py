@@ -32,9 +32,12 @@ Args:
     num_labels (int, compute): number of classes including the background (class 0).
     ignore_index (int or None, compute, default 255): reference value that is not evaluated.
     id2label (dict, compute, optional): {class id: name}.
-    per_image (bool, compute, default True): include per-image values.
+    per_image (bool, compute, default True): include per-image values (nested form only).
+    nested (bool, compute, default False): return the nested dict described below instead of the flat one.
 Returns:
-    The dict of `losam_peft.metrics.segmentation_metrics`: `per_class` (dataset/micro values
+    By default a flat dict, like evaluate's own metrics: `dice_<class name>`, `iou_<class name>`, … over all
+    evaluated pixels, `mean_dice`, `mean_iou`, … over the foreground classes, `image_mean_dice`, … (means over
+    images), `num_images`, `num_pixels`. With `nested=True`, the dict of `losam_peft.metrics.segmentation_metrics`: `per_class` (dataset/micro values
     keyed by class id), `per_image_mean`, `mean_foreground`, `by_name`, `per_image`, ...
     Values are fractions (0..1); undefined ratios are None.
 Examples:
@@ -181,7 +184,10 @@ class LosamSegmentation(evaluate.Metric):
             kwargs.pop("fov", None)
         return super().compute(**kwargs)
 
-    def _compute(self, predictions, references, fov, num_labels=None, ignore_index=255, id2label=None, per_image=True):
+    def _compute(
+        self, predictions, references, fov, num_labels=None, ignore_index=255, id2label=None, per_image=True,
+        nested=False,
+    ):
         if num_labels is None:
             raise ValueError("compute() needs num_labels (number of classes including the background)")
         if len(predictions) == 0:
@@ -193,4 +199,23 @@ class LosamSegmentation(evaluate.Metric):
             fovs = [None if m is None else np.asarray(m, dtype=bool) for m in fov]
         acc = SegmentationMetricAccumulator(num_labels, ignore_index=ignore_index)
         acc.update(preds, refs, fov=fovs)
-        return acc.compute(id2label=id2label, per_image=per_image)
+        results = acc.compute(id2label=id2label, per_image=per_image and nested)
+        return results if nested else flat_results(results)
+
+
+def flat_results(results):
+    """One level, like evaluate's own metrics: ``dice_<class>`` … over all evaluated pixels for every foreground
+    class, ``mean_<metric>`` their mean, ``image_mean_<metric>`` the mean over images, plus ``num_images`` and
+    ``num_pixels``. Undefined ratios are None."""
+    flat = {"num_images": results["num_images"], "num_pixels": results["num_pixels"]}
+    names = results["metrics"]
+    for key, entry in results["per_class"].items():
+        if int(key) == 0:
+            continue
+        label = str(entry.get("name") or key).strip().replace(" ", "_")
+        for metric in names:
+            flat[f"{metric}_{label}"] = entry.get(metric)
+    for metric in names:
+        flat[f"mean_{metric}"] = results["mean_foreground"]["dataset"].get(metric)
+        flat[f"image_mean_{metric}"] = results["mean_foreground"]["image"].get(metric)
+    return flat
