@@ -94,7 +94,14 @@ def add_data_options(parser, *, evaluation: bool = True) -> None:
     )  # fmt: skip
     add_dataset_options(parser)
     if evaluation:
-        ev = parser.add_argument_group("evaluation data (optional; monitoring and the final report)")
+        val = parser.add_argument_group(
+            "validation data (optional; chooses the saved step; without it the final step is saved)"
+        )
+        add_dataclass_options(
+            val, DataOptions,
+            only=["val_image", "val_mask", "val_dir", "val_dataset", "val_data_root", "val_split", "val_fraction"],
+        )  # fmt: skip
+        ev = parser.add_argument_group("evaluation data (optional; monitoring and the final report, never selection)")
         add_dataclass_options(
             ev, DataOptions, only=["eval_image", "eval_mask", "eval_dir", "eval_dataset", "eval_data_root", "eval_split"]
         )

@@ -13,6 +13,7 @@ takes the same forms with ``eval_*``; with a ``dataset`` and an ``eval_split`` t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,18 +52,35 @@ class DataOptions:
     shot_seed: int = field(default=0, metadata={"help": "seed of the K-shot draw (recorded in the outputs)", "min": 0})
     skip_bad: bool = field(default=False, metadata={"help": "skip unreadable dataset files with a warning"})
     dataset_options: dict = field(default_factory=dict, metadata={"help": "dataset variants and engine options"})
+    val_image: Optional[str] = field(default=None, metadata={"help": "a validation image (chooses the saved step)"})
+    val_mask: Optional[str] = field(default=None, metadata={"help": "its mask"})
+    val_dir: Optional[str] = field(default=None, metadata={"help": "a validation folder with images/ and masks/"})
+    val_dataset: Optional[str] = field(default=None, metadata={"help": "a dataset name for validation"})
+    val_data_root: Optional[str] = field(default=None, metadata={"help": "its root (default: the data root)"})
+    val_split: Optional[str] = field(
+        default=None, metadata={"help": "its split (default: validation when it exists)"}
+    )
+    val_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "hold out this fraction of the training images for validation", "above": 0.0, "below": 1.0},
+    )
     eval_image: Optional[str] = field(default=None, metadata={"help": "an evaluation image"})
     eval_mask: Optional[str] = field(default=None, metadata={"help": "its mask"})
     eval_dir: Optional[str] = field(default=None, metadata={"help": "a folder with images/ and masks/"})
     eval_dataset: Optional[str] = field(default=None, metadata={"help": "a dataset name for evaluation"})
-    eval_data_root: Optional[str] = field(default=None, metadata={"help": "its root (default: --data-root)"})
+    eval_data_root: Optional[str] = field(default=None, metadata={"help": "its root (default: the data root)"})
     eval_split: Optional[str] = field(default=None, metadata={"help": "its split (default: test when it exists)"})
 
 
 @dataclass
 class TrainingData:
+    """``train`` samples; ``val`` chooses the saved step (never drawn from ``eval``); ``eval`` is monitoring and the
+    final report only."""
+
     train: list[Sample]
     eval: list[Sample] | None = None
+    val: list[Sample] | None = None
+    val_source: str | None = None
     id2label: dict[int, str] | None = None
     modality: str | None = None
     task: str | None = None
@@ -179,7 +197,55 @@ def load_training_data(options: DataOptions | None = None, *, num_labels: int | 
             datasets.append(name)
     if evaluation is not None and not evaluation:
         raise DataError("the evaluation set is empty")
-    return TrainingData(train, evaluation, id2label, modality, task, datasets)
+    train, validation, val_source = _validation(o, train, id2label, num_labels, datasets)
+    if evaluation and validation:
+        shared = {s.id for s in validation} & {s.id for s in evaluation}
+        if shared and val_source != "val_fraction":
+            raise DataError(
+                f"the validation set shares images with the evaluation set ({sorted(shared)[:3]}); the step kept "
+                "must be chosen on data the final report does not use"
+            )
+    return TrainingData(train, evaluation, id2label, modality, task, datasets, validation, val_source)
+
+
+def _validation(o: DataOptions, train: list[Sample], id2label, num_labels, datasets):
+    """``(train, validation, how)``: validation samples from the ``val_*`` settings, or ``val_fraction`` of the
+    training images (a seeded draw; they are then not trained on)."""
+    given = [bool(o.val_image or o.val_mask), bool(o.val_dir), bool(o.val_dataset or o.val_split),
+             o.val_fraction is not None]  # fmt: skip
+    if sum(given) > 1:
+        raise DataError("give at most one validation source: val_image with val_mask, val_dir, val_dataset, or "
+                        "val_fraction")  # fmt: skip
+    labels = num_labels or (len(id2label) if id2label else None)
+    if o.val_image or o.val_mask:
+        if not (o.val_image and o.val_mask):
+            raise DataError("validation on one image needs both val_image and val_mask")
+        return train, [read_pair(o.val_image, o.val_mask, labels)], "val_image"
+    if o.val_dir:
+        return train, samples_from_dataset(load_folder(o.val_dir, skip_bad=o.skip_bad)), "val_dir"
+    if o.val_dataset or o.val_split:
+        name = o.val_dataset or o.dataset
+        if not name:
+            raise DataError("val_split needs a dataset (val_dataset, or the training dataset)")
+        root = o.val_data_root or o.data_root
+        loaded = load_dataset_split(name, root, o.val_split, skip_bad=o.skip_bad, default="validation",
+                                    options=o.dataset_options if name == o.dataset else None)  # fmt: skip
+        if name not in datasets:
+            datasets.append(name)
+        return train, samples_from_dataset(loaded), f"{name} ({o.val_split or 'validation'})"
+    if o.val_fraction is not None:
+        if not 0.0 < o.val_fraction < 1.0:
+            raise DataError(f"val_fraction must be between 0 and 1, got {o.val_fraction}")
+        count = int(round(len(train) * o.val_fraction))
+        if count < 1 or count >= len(train):
+            raise DataError(
+                f"val_fraction {o.val_fraction} of {len(train)} training image(s) leaves no validation image or "
+                "no training image"
+            )
+        order = sorted(train, key=lambda s: hashlib.sha256(f"{o.shot_seed}:val:{s.id}".encode()).hexdigest())
+        held = {s.id for s in order[:count]}
+        return [s for s in train if s.id not in held], [s for s in train if s.id in held], "val_fraction"
+    return train, None, None
 
 
 # names of earlier releases

@@ -75,9 +75,11 @@ class LoSamLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         return None
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, *args: Any, adapter_names=None, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
             return self.base_layer(hidden_states, *args, **kwargs)
+        if adapter_names is not None:
+            return self.base_layer(hidden_states + self._mixed_prompt(hidden_states, adapter_names), *args, **kwargs)
         prompt = None
         for name in self.active_adapters:
             if name not in self.losam_prompt:
@@ -88,6 +90,22 @@ class LoSamLayer(nn.Module, BaseTunerLayer):
         if prompt is not None:
             hidden_states = hidden_states + prompt.to(hidden_states.dtype)
         return self.base_layer(hidden_states, *args, **kwargs)
+
+    def _mixed_prompt(self, hidden_states: torch.Tensor, adapter_names) -> torch.Tensor:
+        """Row ``i`` gets the prompt of adapter ``adapter_names[i]`` (``"__base__"``: none)."""
+        if len(adapter_names) != hidden_states.shape[0]:
+            raise LoSamValueError(
+                f"adapter_names names {len(adapter_names)} adapters for a batch of {hidden_states.shape[0]} images"
+            )
+        prompt = torch.zeros_like(hidden_states)
+        for name in dict.fromkeys(adapter_names):
+            if name == "__base__" or name not in self.losam_prompt:
+                continue
+            rows = [i for i, item in enumerate(adapter_names) if item == name]
+            layer = self.losam_prompt[name]
+            delta = layer(self._cast_input_dtype(hidden_states[rows], layer.down.weight.dtype))
+            prompt[rows] = delta.to(hidden_states.dtype)
+        return prompt
 
     def __repr__(self) -> str:
         return "losam." + super().__repr__()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
+
+import torch
 from peft.tuners.tuners_utils import BaseTuner, _get_submodules, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
@@ -110,8 +114,64 @@ class LoSamModel(BaseTuner):
             return key.replace(marker, ".losam_prompt.", 1)
         return super()._remove_adapter_name_from_key(key, adapter_name)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """``model(pixel_values=x, adapter_names=[...])``: each row through its own adapter's prompt layers and head
+        (``"__base__"``: no prompts, the base model's own head). Inference only."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise LoSamValueError("adapter_names (a mixed batch) is for inference; call model.eval() first")
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)):
+            raise LoSamValueError(f"adapter_names must be a list with one adapter name per image, got {adapter_names!r}")
+        known = set()
+        for module in self.modules():
+            if isinstance(module, LoSamLayer):
+                known |= set(module.losam_prompt.keys())
+        unknown = sorted({name for name in adapter_names if name != "__base__"} - known)
+        if unknown:
+            raise LoSamValueError(f"no adapter named {', '.join(unknown)} (loaded: {', '.join(sorted(known))})")
+        names = list(adapter_names)
+        handles, wrapped = [], []
+        for module in self.modules():
+            if isinstance(module, LoSamLayer):
+                hook = partial(_inject_adapter_names, adapter_names=names)
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            elif isinstance(module, ModulesToSaveWrapper):
+                # PEFT's own mixed batching supports Linear/Conv modules only; the head is a whole module
+                module.forward = partial(_per_row_forward, module, names)
+                wrapped.append(module)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module in wrapped:
+                del module.forward
+
     def _check_merge_allowed(self):
         raise LoSamValueError("LoSAM prompt layers cannot be merged into the encoder; use unload() instead")
+
+
+def _per_row_forward(wrapper: ModulesToSaveWrapper, adapter_names: list[str], x, *args, **kwargs):
+    """Row ``i`` through adapter ``adapter_names[i]``'s copy of the module (``"__base__"``: the original)."""
+    if len(adapter_names) != x.shape[0]:
+        raise LoSamValueError(f"adapter_names names {len(adapter_names)} adapters for a batch of {x.shape[0]} images")
+    outputs = [None] * x.shape[0]
+    for name in dict.fromkeys(adapter_names):
+        rows = [i for i, item in enumerate(adapter_names) if item == name]
+        module = wrapper.modules_to_save[name] if name in wrapper.modules_to_save else wrapper.original_module
+        result = module(x[rows], *args, **kwargs)
+        for position, row in enumerate(rows):
+            outputs[row] = result[position : position + 1]
+    return torch.cat(outputs, dim=0)
+
+
+def _inject_adapter_names(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
 
 
 def _encoder_hidden_size(model: nn.Module, block_name: str) -> int:
