@@ -268,13 +268,10 @@ def _mixed_precision(choice: str) -> str:
 
 
 def run(args) -> dict:
+    from losam_peft.atomic import atomic_write_json, atomic_write_text
     from losam_peft.data import label_info, select_shots
     from losam_peft.data.samples import samples_from_dataset
-    from losam_peft.evaluation import (
-        atomic_write_json,
-        atomic_write_text,
-        evaluate_adapter,
-    )
+    from losam_peft.evaluation import evaluate_adapter
     from losam_peft.pipeline import LoSamPipeline
     from losam_peft.training import TrainingConfig, TrainingError, train
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import heapq
 import io
-import math
 import os
 import re
 import time
@@ -44,19 +43,24 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 
-from .atomic import (  # noqa: F401
+from .atomic import (
     atomic_write_bytes,
     atomic_write_csv,
     atomic_write_json,
-    atomic_write_text,
+    check_output_dir,  # noqa: F401
 )
 from .baselines import is_method_folder, load_method_pipeline
 from .constants import IGNORE_INDEX
 from .data import DATASETS, folder, label_info
-from .data.samples import Sample, id2label_of
+from .data.samples import Sample, id2label_of, sample_from_row
 from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
-from .metrics import SegmentationMetricAccumulator, per_image_rows
+from .metrics import (
+    SegmentationMetricAccumulator,
+    confusion_mean_foreground_dice,
+    mean_foreground_dice,
+    per_image_rows,
+)
 from .pipeline import LoSamPipeline
 
 __all__ = [
@@ -148,24 +152,11 @@ def _dataset_labels(source) -> dict[int, str] | None:
     return None
 
 
-def _row_to_sample(row: Mapping, index: int):
-    label = np.asarray(row["label"])
-    if label.ndim == 3:
-        label = label[..., 0]
-    fov = row.get("fov")
-    return Sample(
-        image=np.asarray(row["image"]),
-        label=label,
-        id=str(row.get("id", index)),
-        fov=(np.asarray(fov) > 0) if fov is not None else None,
-    )
-
-
 def _to_sample(item, index: int):
     if isinstance(item, Sample):
         return item
     if isinstance(item, Mapping):
-        return _row_to_sample(item, index)
+        return sample_from_row(item, index)
     label = getattr(item, "label", None)
     if label is None:
         label = getattr(item, "mask", None)
@@ -264,13 +255,15 @@ def evaluate_adapter(
 
     Returns:
         The metric dict of :func:`losam_peft.metrics.segmentation_metrics` (so ``format_paper_table`` and
-        ``training.mean_foreground_dice`` take it as is), whose ``per_image`` entries also carry the image ``id``,
+        ``metrics.mean_foreground_dice`` take it as is), whose ``per_image`` entries also carry the image ``id``,
         plus ``evaluation`` (what was evaluated, how, and how long it took) and ``outputs`` (paths written).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LoSamValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_images is not None and max_images < 1:
         raise LoSamValueError(f"max_images must be at least 1, got {max_images}")
+    if output_dir is not None:
+        check_output_dir(output_dir)
     started = time.perf_counter()
     dataset_name = dataset_name or "the dataset"
     pipe = _as_pipeline(model_or_pipeline, base=base, device=device, dtype=dtype, image_processor=image_processor)
@@ -318,7 +311,7 @@ def evaluate_adapter(
             order = len(ids)
             ids.append(str(sample.id))
             if keep:
-                dice = _mean_foreground_dice_of(accumulator.per_image_confusion()[-1])
+                dice = confusion_mean_foreground_dice(accumulator.per_image_confusion()[-1])
                 if dice is not None:
                     payload = (sample, prediction, fov)
                     _push(best, (dice, -order, payload), keep)
@@ -344,9 +337,7 @@ def evaluate_adapter(
     results = accumulator.compute(id2label=model_labels, per_image=True)
     for entry, image_id in zip(results["per_image"], ids):
         entry["id"] = image_id
-        entry["mean_foreground_dice"] = _mean_defined(
-            [c.get("dice") for k, c in entry["per_class"].items() if int(k) != 0]
-        )
+        entry["mean_foreground_dice"] = mean_foreground_dice(entry)
     seconds = time.perf_counter() - started
     results["evaluation"] = {
         "adapter": getattr(pipe, "adapter", None),
@@ -404,24 +395,6 @@ def _check_reference(reference, num_labels, image_id, dataset_name, model_labels
         )
 
 
-def _mean_defined(values) -> float | None:
-    kept = [float(v) for v in values if v is not None]
-    return math.fsum(kept) / len(kept) if kept else None
-
-
-def _mean_foreground_dice_of(confusion: torch.Tensor) -> float | None:
-    cm = confusion.to("cpu", torch.int64).numpy()
-    tp = np.diagonal(cm)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    values = []
-    for c in range(1, cm.shape[0]):
-        denominator = 2 * tp[c] + fp[c] + fn[c]
-        if denominator > 0:
-            values.append(2 * tp[c] / denominator)
-    return float(np.mean(values)) if values else None
-
-
 # -- outputs -----------------------------------------------------------------------------------------------------------
 def results_rows(results: Mapping[str, Any]) -> list[dict]:
     """Rows of ``results.csv``: every class at both aggregation levels, then the foreground means."""
@@ -471,39 +444,19 @@ def _safe_name(text: str) -> str:
 
 
 def _write_overlay(path: Path, sample, prediction, fov, pipe, title: str, dice: float) -> None:
-    from PIL import Image, ImageDraw
+    from .image_processing_losam import to_rgb8
+    from .visualization import comparison_panel
 
-    from .pipeline import overlay, to_rgb8
-
-    num_labels = len(pipe.id2label)
-    rgb = to_rgb8(sample.image)
-    reference = np.where(np.asarray(sample.label) == IGNORE_INDEX, 0, np.asarray(sample.label)).astype(np.int64)
-    shown_prediction = np.asarray(prediction).astype(np.int64)
-    if fov is not None:  # what is outside the FOV is not evaluated: do not draw it either
-        shown_prediction = np.where(fov, shown_prediction, 0)
-    panels = [
-        Image.fromarray(rgb),
-        overlay(rgb, reference, alpha=0.6, num_labels=num_labels),
-        overlay(rgb, shown_prediction, alpha=0.6, num_labels=num_labels),
-    ]
-    height, width = rgb.shape[:2]
-    # panels are shown at a readable size: small images are enlarged (pixels kept sharp), huge ones reduced
-    scale = 1.0
-    if max(height, width) < OVERLAY_MIN_SIDE:
-        scale = float(math.ceil(OVERLAY_MIN_SIDE / max(height, width)))
-    elif max(height, width) > OVERLAY_MAX_SIDE:
-        scale = OVERLAY_MAX_SIDE / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resample = Image.NEAREST if scale >= 1 else Image.LANCZOS
-    panels = [panel.resize(size, resample) if size != (width, height) else panel for panel in panels]
-    width, height = size
-    header = 16
-    canvas = Image.new("RGB", (3 * width + 20, height + 2 * header), "white")
-    draw = ImageDraw.Draw(canvas)
-    for column, (panel, caption) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
-        canvas.paste(panel, (column * (width + 10), 2 * header))
-        draw.text((column * (width + 10) + 2, header + 2), caption, fill="black")
-    draw.text((2, 2), f"{title}  (mean foreground Dice {100 * dice:.2f}%)", fill="black")
+    canvas = comparison_panel(
+        to_rgb8(sample.image),
+        sample.label,
+        prediction,
+        title=f"{title}  (mean foreground Dice {100 * dice:.2f}%)",
+        num_labels=len(pipe.id2label),
+        fov=fov,  # what is outside the FOV is not evaluated: do not draw it either
+        min_side=OVERLAY_MIN_SIDE,  # panels are shown at a readable size: small images enlarged, huge ones reduced
+        max_side=OVERLAY_MAX_SIDE,
+    )
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())

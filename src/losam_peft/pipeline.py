@@ -30,30 +30,27 @@ import torch
 from PIL import Image
 
 from .errors import LoSamValueError
-from .image_processing_losam import LoSamImageProcessor, to_float_rgb
+from .image_processing_losam import LoSamImageProcessor, decode_array, decode_image, to_rgb8
 from .loading import CheckpointError
+from .tiling import tiled_probabilities
+from .visualization import label_map_to_pil, overlay, palette
+
+__all__ = [
+    "LoSamPipeline",
+    "SegmentationResult",
+    "label_map_to_pil",  # re-exported from losam_peft.visualization
+    "overlay",  # re-exported from losam_peft.visualization (takes 8-bit RGB; the method decodes first)
+    "palette",  # re-exported from losam_peft.visualization
+    "read_image",
+    "resolve_adapter_folder",
+    "to_rgb8",  # re-exported from losam_peft.image_processing_losam
+]
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", "preprocessor_config.json")
 PREPROCESSOR_NAME = "preprocessor_config.json"
 CARD_NAME = "README.md"
-
-# Clearly separated colours for class ids 1..; id 0 (background) is black. More classes get generated hues.
-_BASE_COLOURS = [
-    (0, 0, 0),
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-]
 
 _DTYPE_NAMES = {
     "bf16": torch.bfloat16,
@@ -68,91 +65,12 @@ _DTYPE_NAMES = {
 }
 
 
-def palette(num_labels: int) -> np.ndarray:
-    """``(num_labels, 3)`` uint8 RGB colours: background black, then well separated colours."""
-    colours = list(_BASE_COLOURS[:num_labels])
-    extra = num_labels - len(colours)
-    if extra > 0:
-        import colorsys
-
-        for i in range(extra):
-            r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
-            colours.append((int(r * 255), int(g * 255), int(b * 255)))
-    return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
-
-
-def label_map_to_pil(label_map: np.ndarray, num_labels: int | None = None) -> Image.Image:
-    """A palette ("P") PNG-ready image whose pixel values are the class ids."""
-    label_map = np.asarray(label_map)
-    if label_map.ndim != 2:
-        raise LoSamValueError(f"label maps must be (H, W), got shape {label_map.shape}")
-    if label_map.size and int(label_map.max()) > 255:
-        raise LoSamValueError("label maps with class ids above 255 cannot be stored as palette PNGs")
-    n = max(int(num_labels or 0), int(label_map.max()) + 1 if label_map.size else 1)
-    image = Image.fromarray(np.ascontiguousarray(label_map.astype(np.uint8)), mode="P")
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[:n] = palette(n)
-    image.putpalette(colours.reshape(-1).tolist())
-    return image
-
-
-def to_rgb8(image) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB array from anything the pipeline accepts (16-bit and CMYK included)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)[0]
-    tensor = to_float_rgb(image)
-    return (tensor.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-
-
-def overlay(image, label_map: np.ndarray, alpha: float = 0.5, num_labels: int | None = None) -> Image.Image:
-    """``image`` (RGB) with every non-background class drawn in its palette colour, blended with ``alpha``."""
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise LoSamValueError(f"alpha must be between 0 and 1, got {alpha}")
-    rgb = to_rgb8(image)
-    label_map = np.asarray(label_map)
-    if label_map.shape != rgb.shape[:2]:
-        raise LoSamValueError(
-            f"the label map is {label_map.shape[0]}x{label_map.shape[1]} (HxW) but the image is "
-            f"{rgb.shape[0]}x{rgb.shape[1]}; pass the label map predicted for this image"
-        )
-    n = max(int(num_labels or 0), int(label_map.max()) + 1 if label_map.size else 1)
-    colours = palette(n).astype(np.float32)
-    out = rgb.astype(np.float32)
-    foreground = label_map > 0
-    if foreground.any():
-        out[foreground] = (1.0 - alpha) * out[foreground] + alpha * colours[label_map[foreground]]
-    return Image.fromarray((out + 0.5).clip(0, 255).astype(np.uint8), mode="RGB")
-
-
-def read_image(path: str | os.PathLike) -> tuple[Image.Image, str]:
-    """Open an image file for prediction; returns ``(image, note)``.
-
-    ``note`` says what was converted (CMYK, 16-bit, palette, alpha), or is empty. Unreadable, truncated and
-    non-image files raise :class:`losam_peft.data.io.DataError` naming the file.
-    """
-    from .data.io import DataError, open_image
-
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image", path)
-    image = open_image(path)
-    note = ""
-    mode = image.mode
-    if mode == "CMYK":
-        image, note = image.convert("RGB"), "CMYK converted to RGB"
-    elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        note = "16-bit image scaled by its bit depth"
-    elif mode == "I":
-        note = "32-bit integer image scaled by its bit depth"
-    elif mode == "F":
-        note = "floating-point image read as [0, 1]"
-    elif mode in ("RGBA", "LA", "PA"):
-        note = "alpha channel ignored"
-    elif mode in ("YCbCr", "LAB", "HSV"):
-        image, note = image.convert("RGB"), f"{mode} converted to RGB"
-    if getattr(image, "n_frames", 1) > 1:
-        note = (note + "; " if note else "") + f"first of {image.n_frames} frames used"
-    return image, note
+def read_image(path: str | os.PathLike) -> tuple[torch.Tensor, str]:
+    """Decode an image file for prediction: ``(pixels, note)``, a (3, H, W) float tensor in [0, 1] and what was
+    converted (CMYK, 16-bit, palette, alpha…) or "". The image processor's decoder
+    (:func:`losam_peft.image_processing_losam.decode_image`); unreadable, truncated and non-image files raise
+    :class:`losam_peft.errors.DataError` naming the file."""
+    return decode_image(Path(path))
 
 
 @dataclass
@@ -352,6 +270,11 @@ class LoSamPipeline:
             results.extend(self.image_processor.post_process_probabilities(logits, target_sizes=sizes))
         return results
 
+    def forward_probabilities(self, images: Sequence) -> list[torch.Tensor]:
+        """Class probabilities ``(num_labels, H, W)`` of each image in one forward pass (the callable that
+        :func:`losam_peft.tiling.tiled_probabilities` runs on its windows)."""
+        return self.probabilities(images, batch_size=max(1, len(images)))
+
     def __call__(
         self,
         images,
@@ -365,7 +288,7 @@ class LoSamPipeline:
         ``images``: a PIL image, numpy array (H×W or H×W×C, 8/16-bit or float), torch tensor (C×H×W), file path, or
         a list of them (a 4-D array or tensor is a batch). Returns one :class:`SegmentationResult` for one input and
         a list for a list. With ``tile``, each image is segmented by overlapping ``tile``×``tile`` windows at native
-        resolution whose probabilities are blended (see :mod:`losam_peft.predict`); by default the whole image is
+        resolution whose probabilities are blended (see :mod:`losam_peft.tiling`); by default the whole image is
         resized to the model's input.
         """
         stacked = (isinstance(images, np.ndarray) and images.ndim == 4) or (
@@ -377,15 +300,11 @@ class LoSamPipeline:
             return []
         loaded, notes, sources = [], [], []
         for item in items:
-            if isinstance(item, (str, os.PathLike)):
-                image, note = read_image(item)
-                loaded.append(image)
-                notes.append(note)
-                sources.append(str(item))
-            else:
-                loaded.append(item)
-                notes.append("")
-                sources.append(None)
+            # the decoder's compact result (uint8 for 8-bit sources) decodes again to exactly the same pixels
+            image, note = decode_array(item)
+            loaded.append(image)
+            notes.append(note)
+            sources.append(str(item) if isinstance(item, (str, os.PathLike)) else None)
         results = self.predict_loaded(
             loaded, batch_size=batch_size, return_probabilities=return_probabilities, tile=tile, overlap=overlap
         )
@@ -398,11 +317,11 @@ class LoSamPipeline:
     ) -> list[SegmentationResult]:
         """Segment already loaded images (PIL, numpy, tensors); the building block of ``__call__`` and predict."""
         if tile is not None:
-            from .predict import tiled_probabilities
-
             probs, tiles = [], []
             for image in images:
-                p, n = tiled_probabilities(self, image, tile=tile, overlap=overlap, batch_size=batch_size)
+                p, n = tiled_probabilities(
+                    self.forward_probabilities, image, tile=tile, overlap=overlap, batch_size=batch_size
+                )
                 probs.append(p)
                 tiles.append(n)
         else:
@@ -420,10 +339,11 @@ class LoSamPipeline:
         )
 
     def overlay(self, image, label_map, alpha: float = 0.5) -> Image.Image:
-        """``image`` with the predicted classes drawn over it (class colours as in the saved mask PNGs)."""
+        """``image`` (anything the pipeline accepts: it is decoded first) with the predicted classes drawn over it
+        (class colours as in the saved mask PNGs)."""
         if isinstance(label_map, SegmentationResult):
             label_map = label_map.label_map
-        return overlay(image, label_map, alpha=alpha, num_labels=self.num_labels)
+        return overlay(to_rgb8(image), label_map, alpha=alpha, num_labels=self.num_labels)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

@@ -70,7 +70,10 @@ import torch.nn.functional as F
 
 from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from .errors import LoSamValueError, PredictionError
-from .image_processing_losam import to_float_rgb
+from .image_processing_losam import decode_array
+
+# tiling lives in losam_peft.tiling; the old names stay importable from here
+from .tiling import _check_tile, blend_weights, count_tiles, tile_starts, tiled_probabilities  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -79,75 +82,6 @@ MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 PROBABILITIES_DIR = "probabilities"
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-# -- tiling ----------------------------------------------------------------------------------------------------------
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Window starts covering ``length``: every ``stride``, the last window flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
-
-
-def blend_weights(tile: int, overlap_px: int) -> torch.Tensor:
-    """1-D linear-ramp weights of a window: rising from the border to 1 over ``overlap_px`` pixels (never 0)."""
-    position = torch.arange(tile, dtype=torch.float32) + 0.5
-    distance = torch.minimum(position, tile - position)
-    return (distance / max(1, overlap_px)).clamp(1e-3, 1.0)
-
-
-def _check_tile(tile, overlap) -> tuple[int, int, int]:
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
-        raise LoSamValueError(f"tile must be an integer of at least 16 pixels, got {tile!r}")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise LoSamValueError(f"overlap must be in [0, 1), got {overlap!r}")
-    tile = int(tile)
-    stride = max(1, int(round(tile * (1.0 - float(overlap)))))
-    return tile, stride, tile - stride
-
-
-def count_tiles(height: int, width: int, tile: int, overlap: float = 0.25) -> int:
-    """Number of windows :func:`tiled_probabilities` runs for an image of this size."""
-    tile, stride, _ = _check_tile(tile, overlap)
-    return len(tile_starts(height, tile, stride)) * len(tile_starts(width, tile, stride))
-
-
-def tiled_probabilities(pipeline, image, tile: int, overlap: float = 0.25, batch_size: int = 1):
-    """Sliding-window class probabilities ``(num_labels, H, W)`` of one image at native resolution.
-
-    Windows are ``tile``×``tile`` pixels of the original image (an image smaller than a window is padded with black
-    to it, so every window has the same scale), each is resized to the model's input, and the probabilities of
-    overlapping windows are blended with linear-ramp weights. Returns ``(probabilities, number_of_windows)``.
-    """
-    tile, stride, overlap_px = _check_tile(tile, overlap)
-    pixels = to_float_rgb(image)
-    _, height, width = pixels.shape
-    ys, xs = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
-    ramp = blend_weights(tile, overlap_px)
-    window = ramp[:, None] * ramp[None, :]
-    total = torch.zeros((pipeline.num_labels, height, width), dtype=torch.float32)
-    weight_sum = torch.zeros((height, width), dtype=torch.float32)
-    boxes = [(y, x, min(tile, height - y), min(tile, width - x)) for y in ys for x in xs]
-    processor = pipeline.image_processor
-    for start in range(0, len(boxes), max(1, int(batch_size))):
-        chunk = boxes[start : start + max(1, int(batch_size))]
-        crops = []
-        for y, x, h, w in chunk:
-            crop = pixels[:, y : y + h, x : x + w]
-            if h < tile or w < tile:
-                crop = F.pad(crop, (0, tile - w, 0, tile - h), value=0.0)
-            crops.append(crop)
-        inputs = processor.preprocess(crops)
-        logits = pipeline.forward_logits(inputs["pixel_values"])
-        probs = processor.post_process_probabilities(logits, target_sizes=[(tile, tile)] * len(chunk))
-        for (y, x, h, w), p in zip(chunk, probs):
-            wgt = window[:h, :w]
-            total[:, y : y + h, x : x + w] += p[:, :h, :w] * wgt
-            weight_sum[y : y + h, x : x + w] += wgt
-    return total / weight_sum, len(boxes)
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------------
@@ -482,13 +416,11 @@ def _resumed_row(path, name, mask_path, previous, id2label, fraction_columns) ->
 
 def _run_chunk(pipeline, chunk, outputs_of, tile, overlap, batch_size, alpha, fraction_columns) -> list[dict]:
     """Read, segment and write one batch; every failure becomes a row, never an exception."""
-    from .pipeline import read_image
-
     rows, loaded = [], []
     for path, name in chunk:
         started = time.perf_counter()
         try:
-            image, note = read_image(path)
+            image, note = decode_array(path)  # the image processor's decoder: the pixels the model sees
             loaded.append((path, name, image, note, time.perf_counter() - started))
         except Exception as err:
             rows.append({"file": str(path), "name": name, "status": "failed", "error": _reason(err, path)})

@@ -20,18 +20,22 @@ Mask conventions
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
-import warnings
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, PngImagePlugin
 
-from ..errors import DataError, DatasetLayoutError, ImageTooLargeError
+from ..errors import DataError, DatasetLayoutError, ImageTooLargeError, LoSamValueError
+from ..image_processing_losam import (  # open_image and DEFAULT_MAX_PIXELS are re-exported from here
+    BIT_DEPTH_KEY,
+    DEFAULT_MAX_PIXELS,
+    open_image,
+    storable_image,
+    to_rgb8,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -49,10 +53,6 @@ __all__ = [
     "to_storable",
 ]
 
-#: Images larger than this many pixels are refused (PIL's own decompression-bomb limit,
-#: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` ~ 179 MP, applies as well: the smaller limit wins).
-DEFAULT_MAX_PIXELS = 200_000_000
-
 #: Extensions read as images (case-insensitive); each may also be gzip-compressed (``.ppm.gz``).
 IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".gif", ".bmp",
@@ -60,6 +60,7 @@ IMAGE_EXTENSIONS = (
 )  # fmt: skip
 
 _STORABLE_FORMATS = {"PNG", "JPEG", "TIFF", "GIF", "BMP", "PPM"}
+_EXIF_ORIENTATION = 0x0112
 
 
 class SkippedFileWarning(UserWarning):
@@ -81,69 +82,6 @@ def split_image_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _read_source(path: Path, max_pixels: int):
-    if str(path).lower().endswith(".gz"):
-        # cap the decompressed size: a gzip bomb must not exhaust memory before PIL sees a header
-        cap = max_pixels * 8 + (1 << 20)
-        with gzip.open(path, "rb") as fh:
-            data = fh.read(cap + 1)
-        if len(data) > cap:
-            raise ImageTooLargeError(f"{path}: decompresses to more than {cap} bytes", path)
-        return io.BytesIO(data)
-    return path
-
-
-def open_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode an image, or raise :class:`DataError` naming the file.
-
-    Guards against decompression bombs (``max_pixels``, default :data:`DEFAULT_MAX_PIXELS`),
-    truncated or corrupt files and anything PIL cannot read. gzip-compressed files are accepted.
-    """
-    path = Path(path)
-    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(_read_source(path, limit))
-            width, height = img.size
-            if width * height > limit:
-                raise ImageTooLargeError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {limit} "
-                    "(possible decompression bomb; raise max_pixels if the image is genuine)",
-                    path,
-                )
-            img.load()
-    except DataError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{path}: refused as a possible decompression bomb ({exc})", path) from exc
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found", path) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error, MemoryError, IndexError) as exc:
-        raise DataError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})", path) from exc
-    return img
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Integer/float data of any depth to 8 bits, inferring the bit depth from the maximum value."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == bool:
-        return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.floating):
-        arr = np.nan_to_num(arr)
-        top = float(arr.max()) if arr.size else 0.0
-        if top <= 1.0:
-            return np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        arr = np.clip(arr, 0, None).astype(np.uint64)
-    arr = np.clip(arr, 0, None).astype(np.uint64)
-    top = int(arr.max()) if arr.size else 0
-    if top <= 255:
-        return arr.astype(np.uint8)
-    full = (1 << top.bit_length()) - 1  # e.g. 12-bit data in a 16-bit container -> 4095
-    return ((arr * 255 + full // 2) // full).astype(np.uint8)
-
-
 def _grey_array(img: Image.Image) -> np.ndarray:
     """Single-channel numeric view of a mask. Palette -> colours; colour -> max over channels."""
     if img.mode == "P":
@@ -161,31 +99,24 @@ def _grey_array(img: Image.Image) -> np.ndarray:
 
 
 def to_storable(img: Image.Image, path: str | os.PathLike) -> tuple[bool, Image.Image]:
-    """Decide how an input image is stored in a dataset.
+    """Decide how an input image is stored in a dataset, so that the image processor decodes the stored image to
+    exactly the pixels it decodes the original file to.
 
-    Returns ``(as_is, image)``: ``as_is`` is true when the file can be referenced by path (8-bit
-    ``L``/``RGB`` in a format PIL decodes natively, not gzip-compressed); otherwise ``image`` is an
-    8-bit ``L`` or ``RGB`` version (16-bit and float TIFFs scaled by their bit depth, palette/alpha/CMYK
-    converted) to be re-encoded.
+    Returns ``(as_is, image)``: ``as_is`` is true when the file can be referenced by path (8-bit ``L``/``RGB`` in a
+    format PIL decodes natively, not gzip-compressed, with no EXIF rotation, which ``datasets`` would apply);
+    otherwise ``image`` is to be re-encoded with :func:`encode_png`: 8-bit ``L``/``RGB`` after palette, alpha, CMYK…
+    conversion, 16-bit (and 12-bit-in-16) grey data untouched as ``I;16``, float data as ``I;16`` of
+    ``round(v * 65535)`` (see ``losam_peft.image_processing_losam.storable_image``).
     """
     path = Path(path)
-    if img.mode in ("L", "RGB") and img.format in _STORABLE_FORMATS and not path.name.lower().endswith(".gz"):
-        return True, img
     if img.mode in ("L", "RGB"):
-        return False, img
-    if img.mode in ("P", "PA"):
-        return False, img.convert("RGB")
-    if img.mode == "LA":
-        return False, img.convert("L")
-    if img.mode == "1":
-        return False, img.convert("L")
-    if img.mode in ("RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        return False, img.convert("RGB")
-    arr = np.asarray(img)
-    arr8 = _to_uint8(arr)
-    if arr8.ndim == 3 and arr8.shape[2] > 3:
-        arr8 = arr8[..., :3]
-    return False, Image.fromarray(np.ascontiguousarray(arr8))
+        rotated = img.getexif().get(_EXIF_ORIENTATION) not in (None, 1)
+        as_is = img.format in _STORABLE_FORMATS and not path.name.lower().endswith(".gz") and not rotated
+        return as_is, img
+    try:
+        return False, storable_image(img)
+    except LoSamValueError as exc:
+        raise DataError(f"{path}: {exc}", path) from None
 
 
 def binary_mask(img: Image.Image, path: str | os.PathLike, threshold: float | None = None) -> np.ndarray:
@@ -269,7 +200,7 @@ def derive_fov(img: Image.Image) -> np.ndarray:
     10 % of its 99th percentile (at least 8 grey levels), then fill each row between its first and last
     inside pixel so that dark structures inside the disc stay inside.
     """
-    grey = Image.fromarray(_to_uint8(_grey_array(img)))
+    grey = Image.fromarray(to_rgb8(img).max(axis=2))  # the decoder's 8-bit rendering
     smooth = np.asarray(grey.filter(ImageFilter.BoxBlur(3)))
     level = max(8.0, 0.1 * float(np.percentile(smooth, 99)))
     inside = smooth > level
@@ -282,8 +213,14 @@ def derive_fov(img: Image.Image) -> np.ndarray:
 
 
 def encode_png(arr: np.ndarray) -> bytes:
-    """PNG bytes of a 2-D ``uint8`` array (labels, FOVs) or an 8-bit PIL image."""
+    """PNG bytes of a 2-D ``uint8`` array (labels, FOVs) or a PIL image (8-bit, or ``I;16`` from
+    :func:`to_storable`, whose bit depth is kept in a ``losam:bit-depth`` text chunk)."""
     img = arr if isinstance(arr, Image.Image) else Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
+    options = {}
+    if BIT_DEPTH_KEY in img.info:
+        text = PngImagePlugin.PngInfo()
+        text.add_text(BIT_DEPTH_KEY, str(img.info[BIT_DEPTH_KEY]))
+        options["pnginfo"] = text
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=3)
+    img.save(buf, format="PNG", compress_level=3, **options)
     return buf.getvalue()

@@ -4,8 +4,10 @@
 of the official splits) with columns ``image``, ``label`` (one channel, class ids), ``fov`` (255 inside
 the field of view, 0 outside, like the synthetic data and DRIVE's own masks; ``None`` where the dataset
 has none), ``id`` and the dataset's extra label columns and metadata. Images are referenced by path and
-decoded lazily where their file is a plain 8-bit image; labels are class-id PNGs produced by a
-generator, one sample at a time, and cached by ``datasets`` (keyed by the files' sizes and modification
+decoded lazily where their file is a plain 8-bit image; other images are re-encoded so that the image
+processor decodes them to the pixels it decodes the original file to (8-bit after palette/CMYK/alpha
+conversion, 16-bit and 12-bit data untouched as 16-bit PNGs, floats as 16-bit PNGs; see
+``data.io.to_storable``). Labels are class-id PNGs produced by a generator, one sample at a time, and cached by ``datasets`` (keyed by the files' sizes and modification
 times, the options and the split).
 
 Label names convention (see :func:`attach_label_names`): the ``label`` column's ``datasets.Image``
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LoSamTypeError, LoSamValueError
+from ..errors import LoSamTypeError, LoSamValueError, OutputExistsError
 from .io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -67,7 +69,7 @@ __all__ = [
 #: Key of this package's JSON object in ``Dataset.info.description``.
 LABEL_NAMES_KEY = "losam_peft"
 #: Bumped whenever the rows a spec produces change, so cached datasets are regenerated.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: high-bit-depth and float images stored as the image decoder reads them
 #: Options every dataset accepts (besides the spec's own variants, e.g. ``label=`` for OCTA-500).
 ENGINE_OPTIONS = ("mask_threshold", "derive_fov", "max_pixels", "cache_dir")
 _SPLIT_ALIASES = {"training": "train", "testing": "test", "val": "validation", "valid": "validation"}
@@ -935,7 +937,7 @@ def convert(
         raise LoSamValueError(f"format must be 'arrow' or 'parquet', not {format!r}")
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out} exists already; pass overwrite=True to replace it", out)
     ds = load(name, root, split, skip_bad=skip_bad, **options)
     spec = None if name.lower() == "folder" else _get_spec(name)
     card = dataset_card(ds, spec, parquet_layout=format == "parquet")

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..image_processing_losam import decode_array
+from ..visualization import palette
 from .io import DataError, binary_mask, open_image
 
 
 @dataclass
 class Sample:
-    """One labelled image: ``image`` (H×W[×C]), ``label`` (H×W class ids, 255 = ignore), optional ``fov``."""
+    """One labelled image: ``image`` (H×W[×C]), ``label`` (H×W class ids, 255 = ignore), optional ``fov``.
+
+    Samples read from files or datasets hold the image decoder's result
+    (``losam_peft.image_processing_losam.decode_array``): uint8 for 8-bit sources, float32 in [0, 1] otherwise, so
+    that the image processor sees the same pixels as for the original file."""
 
     image: np.ndarray
     label: np.ndarray
@@ -69,8 +75,6 @@ def _is_grey(image) -> bool:
 
 
 def _rgb_to_classes(rgb: np.ndarray, path: Path, num_labels: int | None) -> np.ndarray:
-    from ..pipeline import palette
-
     colours = palette(max(num_labels or 0, 16))
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     lookup = {(int(r) << 16) | (int(g) << 8) | int(b): index for index, (r, g, b) in enumerate(colours)}
@@ -93,12 +97,15 @@ def _rgb_to_classes(rgb: np.ndarray, path: Path, num_labels: int | None) -> np.n
 def read_pair(
     image_path: str | os.PathLike, mask_path: str | os.PathLike, num_labels: int | None = None, id: str | None = None
 ) -> Sample:
-    """A labelled sample from an image file and its mask file; checks both exist and have the same size."""
+    """A labelled sample from an image file and its mask file; checks both exist and have the same size.
+
+    The image is decoded by the image processor's decoder (CMYK, palette, 16-bit and float images included), so
+    training on it sees the pixels that prediction on the same file sees."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     for path, what in ((image_path, "image"), (mask_path, "mask")):
         if not path.is_file():
             raise DataError(f"{path}: the training {what} does not exist", path)
-    image = np.asarray(open_image(image_path))
+    image, _ = decode_array(image_path)
     label = read_mask(mask_path, num_labels)
     if image.shape[:2] != label.shape:
         raise DataError(
@@ -116,21 +123,21 @@ def samples_from_dataset(dataset) -> list[Sample]:
     missing = {"image", "label"} - set(dataset.column_names)
     if missing:
         raise DataError(f"the dataset has no {', '.join(sorted(missing))} column (columns: {dataset.column_names})")
-    samples = []
-    for index, row in enumerate(dataset):
-        fov = row.get("fov")
-        label = np.asarray(row["label"])
-        if label.ndim == 3:
-            label = label[..., 0]
-        samples.append(
-            Sample(
-                image=np.asarray(row["image"]),
-                label=label,
-                id=str(row.get("id", index)),
-                fov=(np.asarray(fov) > 0) if fov is not None else None,
-            )
-        )
-    return samples
+    return [sample_from_row(row, index) for index, row in enumerate(dataset)]
+
+
+def sample_from_row(row, index: int = 0) -> Sample:
+    """One :class:`Sample` from a dataset row (``image``, ``label``, optional ``fov`` and ``id``)."""
+    fov = row.get("fov")
+    label = np.asarray(row["label"])
+    if label.ndim == 3:
+        label = label[..., 0]
+    return Sample(
+        image=decode_array(row["image"])[0],
+        label=label,
+        id=str(row.get("id", index)),
+        fov=(np.asarray(fov) > 0) if fov is not None else None,
+    )
 
 
 def id2label_of(dataset) -> dict[int, str] | None:
