@@ -443,7 +443,10 @@ def _resolve_device(device) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise LoSamValueError(f"device={device!r} is not a device name such as cpu, cuda or cuda:1 ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoSamValueError(f"device={device} was asked for, but CUDA is not available here; use device='cpu'")
     return device

@@ -138,3 +138,27 @@ def add_dataclass_options(
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The values of ``names`` that the command line set (options left out are absent)."""
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def default_of(function: Callable, name: str):
+    """The default of keyword ``name`` in ``function``'s signature: the one place that default lives."""
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
+def add_keyword_options(parser, function: Callable, specs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Options for keywords of ``function``: ``specs`` maps a keyword to its help and range metadata; the default
+    shown and used is the function's own (options left out are not passed)."""
+    for name, meta in specs.items():
+        flag = "--" + name.replace("_", "-")
+        default = default_of(function, name)
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        if isinstance(default, bool):
+            kwargs.update(action="store_true", help=f"{meta.get('help', '')} (default: {_describe_default(default)})")
+        else:
+            kind = meta.get("type", type(default) if default is not None else str)
+            kwargs.update(type=checked(kind, meta, flag) if kind in (int, float) else kind)
+            kwargs["help"] = f"{meta.get('help', '')} (default: {meta.get('default_text', _describe_default(default))})"
+        parser.add_argument(flag, **kwargs)
+    return list(specs)
