@@ -76,7 +76,7 @@ CASES = {
     "adapter config is a list": (
         lambda w, t: _predict(w, t, adapter=_copy_adapter(w, t, _list_config)), "adapter_config.json"),
     "preprocessor image_size 0": (
-        lambda w, t: _predict(w, t, adapter=_copy_adapter(w, t, _zero_image_size)), "image_size"),
+        lambda w, t: _predict(w, t, adapter=_copy_adapter(w, t, _zero_image_size)), "preprocessor_config.json"),
     "base folder holding an adapter": (lambda w, t: _predict(w, t, "--base", str(w / "adapter")), "adapter"),
     "convert unknown dataset": (
         lambda w, t: ["data", "convert", "--dataset", "nosuch", "--data-root", str(w), "--output-dir", str(t / "o")],
@@ -135,7 +135,8 @@ def test_hub_commands_without_network_are_errors(workspace, monkeypatch, capsys)
     assert main(["list-adapters"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Hub" in err and "Traceback" not in err
-    assert main(["push", "--adapter", str(workspace / "adapter"), "--repo-id", "someone/adapter"]) == 2
+    assert main(["push", "--adapter", str(workspace / "adapter"), "--repo-id", "someone/adapter",
+                 "--base-repo-id", "facebook/sam-vit-base"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Hub" in err and "Traceback" not in err
 
@@ -146,7 +147,8 @@ def test_the_entry_point_exits_2_without_a_traceback(workspace, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr and run.stderr.strip().startswith("error:")
+    assert "Traceback" not in run.stderr and run.stderr.strip().splitlines()[-1].startswith("error:")
+    assert sum("error:" in line for line in run.stderr.splitlines()) == 1
 
 
 def test_train_help_shows_defaults(capsys):

@@ -20,11 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import load_adapter, read_adapter_config
 from .atomic import write_staged
-from .constants import CONFIG_NAME, IMAGE_PROCESSOR_NAME
+from .constants import CONFIG_NAME
 from .errors import CheckpointError, DataError, LoSamValueError
-from .image_processing_losam import LoSamImageProcessor
 from .modeling_losam import SamForSemanticSegmentation
-from .pipeline import LoSamPipeline
+from .pipeline import LoSamPipeline, load_image_processor
 from .tuner import LoSamConfig
 
 __all__ = [
@@ -204,10 +203,7 @@ def load_method_pipeline(folder: str | os.PathLike, base: str | None = None, dev
     if record.get("method") == "losam":
         return LoSamPipeline.from_pretrained(str(folder), base=base, device=device, dtype=dtype)
     model = load_method_model(folder, base=base)
-    if (folder / IMAGE_PROCESSOR_NAME).is_file():
-        processor = LoSamImageProcessor.from_pretrained(str(folder))
-    else:
-        processor = LoSamImageProcessor(image_size=model.config.image_size)
+    processor = load_image_processor(folder, model.config.image_size)
     id2label = {int(k): v for k, v in (record.get("id2label") or {}).items()} or None
     pipe = LoSamPipeline(model, processor, device=device, dtype=dtype, id2label=id2label)
     pipe.adapter = str(folder)

@@ -212,10 +212,7 @@ class LoSamPipeline:
                 "of the same encoder"
             ) from None
         model = load_adapter(model, str(folder))
-        if (folder / PREPROCESSOR_NAME).is_file():
-            processor = LoSamImageProcessor.from_pretrained(str(folder))
-        else:
-            processor = LoSamImageProcessor(image_size=config.image_size or model.config.image_size)
+        processor = load_image_processor(folder, config.image_size or model.config.image_size)
         pipe = cls(model.eval(), processor, device=_resolve_device(device), dtype=dtype, id2label=id2label)
         pipe.adapter = str(adapter)
         pipe.adapter_config = config
@@ -347,6 +344,18 @@ class LoSamPipeline:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+def load_image_processor(folder: str | os.PathLike, image_size: int) -> LoSamImageProcessor:
+    """The image processor saved in ``folder`` (``preprocessor_config.json``), or SAM's geometry at ``image_size``
+    when there is none; a damaged file is a ``CheckpointError`` naming it."""
+    path = Path(folder) / PREPROCESSOR_NAME
+    if not path.is_file():
+        return LoSamImageProcessor(image_size=image_size)
+    try:
+        return LoSamImageProcessor.from_pretrained(str(folder))
+    except (ValueError, TypeError, OSError) as err:
+        raise CheckpointError(f"{path}: not a usable image processor configuration ({err})", path) from None
+
+
 def resolve_adapter_folder(
     adapter: str | os.PathLike,
     *,

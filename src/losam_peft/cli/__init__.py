@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _with_flags(message: str) -> str:
     """Library messages name settings as the API does (``train_image``); on the command line they are options."""
+    # names that are also fields of saved config files stay as they are: there they name the file's field
     names = {n for cls in (DataOptions, TrainingConfig) for n in cls.__dataclass_fields__ if "_" in n}
+    names -= {"image_size", "num_labels", "id2label", "output_dir"}
     pattern = re.compile(r"(?<![\w./-])(" + "|".join(sorted(names, key=len, reverse=True)) + r")(?![\w/])")
     return pattern.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
