@@ -35,3 +35,48 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(OutputExistsError, match="which is a file"):
         check_output_dir(tmp_path / "f" / "sub")
     assert check_output_dir(tmp_path / "new" / "sub") == tmp_path / "new" / "sub"
+
+
+def _folder(root):
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(root / "masks" / "a.png")
+
+
+def _snapshot(root):
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_convert_never_replaces_its_input_or_a_foreign_folder(tmp_path):
+    import pytest
+
+    from losam_peft.data import convert
+    from losam_peft.errors import OutputExistsError
+
+    root = tmp_path / "data" / "set"
+    _folder(root)
+    (tmp_path / "data" / "unrelated.txt").write_text("keep me")
+    (tmp_path / "plain_file").write_text("keep me too")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    for out, message in ((root, "is the input"), (root.parent, "contains the input"), (root / "images", "lies inside"),
+                         (tmp_path / "plain_file", "existing file"), (foreign, "not written by losam-peft")):
+        with pytest.raises(OutputExistsError, match=message):
+            convert("folder", root, out, overwrite=True)
+    assert _snapshot(tmp_path) == before
+    out = tmp_path / "converted"
+    convert("folder", root, out)
+    with pytest.raises(OutputExistsError, match="exists already"):
+        convert("folder", root, out)
+    convert("folder", root, out, overwrite=True)  # its own output: replaced
+    assert (out / "README.md").is_file() and _snapshot(tmp_path / "data") == {
+        p: h for p, h in before.items() if str(p).startswith(str(tmp_path / "data"))
+    }

@@ -491,6 +491,9 @@ def test_convert_parquet_overwrite_and_push(tmp_path, monkeypatch):
     out = tmp_path / "rose2-parquet"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    from losam_peft.atomic import mark_output
+
+    mark_output(out, "dataset")  # an earlier conversion: only such a folder may be replaced
     with monkeypatch.context() as hub:  # the Hub is unreachable: record what would be sent
         hub.setattr(
             datasets.DatasetDict,

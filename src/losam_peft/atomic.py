@@ -113,3 +113,43 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
                 raise OutputExistsError(f"{path}: the {what} lies under {parent}, which is a file", parent)
             break
     return path
+
+
+#: written into every output folder this package may later replace (``overwrite``)
+OUTPUT_MARKER = ".losam-output"
+
+
+def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, what: str = "output") -> Path:
+    """The rule for every command that may replace an output folder.
+
+    Refused: an output that is, contains or lies inside one of ``inputs``; an output that is a file; an existing
+    output without ``overwrite``; and, even with ``overwrite``, a folder this package did not write (no
+    :data:`OUTPUT_MARKER` in it). Returns the resolved output path.
+    """
+    from .errors import OutputExistsError
+
+    out = Path(output).expanduser().resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item).expanduser().resolve()
+        if out == source or source.is_relative_to(out) or out.is_relative_to(source):
+            relation = "is" if out == source else ("contains" if source.is_relative_to(out) else "lies inside")
+            raise OutputExistsError(f"{out}: the {what} {relation} the input {source}; choose another folder", out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: the {what} is an existing file, not a folder", out)
+    if out.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists already; pass overwrite=True (--overwrite) to replace it", out)
+        if not (out / OUTPUT_MARKER).is_file():
+            raise OutputExistsError(
+                f"{out} exists and was not written by losam-peft (no {OUTPUT_MARKER} in it); it is never replaced, "
+                "even with overwrite: choose a new folder",
+                out,
+            )
+    return out
+
+
+def mark_output(folder: str | os.PathLike, what: str) -> None:
+    """Record in ``folder`` that this package wrote it (so that ``overwrite`` may replace it later)."""
+    (Path(folder) / OUTPUT_MARKER).write_text(json.dumps({"written_by": "losam-peft", "what": what}) + "\n")

@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LoSamTypeError, LoSamValueError, OutputExistsError
+from ..atomic import check_replaceable, mark_output
+from ..constants import CARD_NAME
+from ..errors import LoSamTypeError, LoSamValueError
 from .io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -935,9 +937,7 @@ def convert(
     """
     if format not in ("arrow", "parquet"):
         raise LoSamValueError(f"format must be 'arrow' or 'parquet', not {format!r}")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists already; pass overwrite=True to replace it", out)
+    out = check_replaceable(out_dir, [root], overwrite=overwrite, what="converted dataset")
     ds = load(name, root, split, skip_bad=skip_bad, **options)
     spec = None if name.lower() == "folder" else _get_spec(name)
     card = dataset_card(ds, spec, parquet_layout=format == "parquet")
@@ -949,7 +949,8 @@ def convert(
         else:
             tmp.mkdir()
             _write_parquet(ds, tmp)
-        card.save(tmp / "README.md")
+        card.save(tmp / CARD_NAME)
+        mark_output(tmp, "dataset")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
             os.replace(out, old)
