@@ -246,3 +246,11 @@ def test_predictions_of_another_shape_are_refused_naming_both():
         DataError, match=r"prediction of the adapter stub-adapter is 6x5 pixels but the reference mask is 52x40"
     ):
         evaluate_adapter(_WrongSizePipeline(), _samples()[:1], VESSEL, progress=False)
+
+
+def test_a_second_run_leaves_no_overlays_of_the_first(pipe, tmp_path):
+    samples = _samples()
+    evaluate_adapter(pipe, samples, VESSEL, tmp_path / "out", progress=False, num_overlays=3)
+    evaluate_adapter(pipe, samples[:1], VESSEL, tmp_path / "out", progress=False, num_overlays=1)
+    overlays = sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir())
+    assert len(overlays) == 2, overlays

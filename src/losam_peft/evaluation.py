@@ -423,6 +423,9 @@ def _write_outputs(output_dir: Path, results, ids, pipe, best, worst, plot: bool
     atomic_write_csv(output_dir / PER_IMAGE_CSV, rows, list(rows[0]) if rows else None)
     outputs["per_image_csv"] = str(output_dir / PER_IMAGE_CSV)
     overlays = []
+    for stale in (output_dir / OVERLAY_DIR).glob("*.png"):  # a previous run's overlays would pass for this run's
+        if stale.name.startswith(("best_", "worst_")):
+            stale.unlink()
     for kind, ranked in (("best", best), ("worst", worst)):
         for rank, item in enumerate(ranked, start=1):
             sample, prediction, fov = item.payload
