@@ -121,8 +121,18 @@ def test_forward_shapes_and_loss_at_label_resolution():
     labels[0, :4] = 255
     out = model(pixel_values=pixels, labels=labels)
     assert out.logits.shape == (2, 2, 64, 64)
-    up = F.interpolate(out.logits, size=(32, 48), mode="bilinear", align_corners=False)
+    # one resampling of the head's 1/4-resolution logits to the labels' size (not input size first, then again)
+    with torch.no_grad():
+        low = model.segmentation_head(model.vision_encoder(pixels).last_hidden_state)
+    assert low.shape == (2, 2, 32, 32)  # patch 8: an 8x8 token grid, x4 in the head
+    align = model.config.align_corners
+    torch.testing.assert_close(out.logits, F.interpolate(low, size=(64, 64), mode="bilinear", align_corners=align))
+    up = F.interpolate(low, size=(32, 48), mode="bilinear", align_corners=align)
     torch.testing.assert_close(out.loss, F.cross_entropy(up, labels, ignore_index=255))
+    # labels at the input size: the loss is computed on the returned logits themselves
+    full = torch.randint(0, 2, (2, 64, 64))
+    out = model(pixel_values=pixels, labels=full)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, full, ignore_index=255))
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 64), (1, 3, 32, 32), (1, 1, 64, 64), (1, 3, 64, 65)])
@@ -352,3 +362,26 @@ def test_subset_of_blocks_and_reduction(tmp_path):
     blocks = [m for m in model.modules() if isinstance(m, LoSamLayer)]
     assert len(blocks) == 1 and blocks[0].losam_prompt["default"].down.out_features == 16
     save_file({"x": torch.zeros(1)}, tmp_path / "unused.safetensors")
+
+
+def test_the_head_upsampling_travels_with_the_adapter(tmp_path):
+    import json
+
+    from peft import get_peft_model
+
+    from losam_peft import LoSamConfig, load_adapter
+
+    model = get_peft_model(tiny_model(), LoSamConfig())
+    assert model.peft_config["default"].align_corners is True  # new models: the reference's upsampling
+    model.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "adapter_config.json").read_text())["align_corners"] is True
+    # an adapter saved before the field existed was trained with align_corners=False and keeps it
+    path = tmp_path / "new" / "adapter_config.json"
+    data = json.loads(path.read_text())
+    data.pop("align_corners")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "adapter_config.json").write_text(json.dumps(data))
+    (tmp_path / "old" / "adapter_model.safetensors").write_bytes((tmp_path / "new" / "adapter_model.safetensors").read_bytes())
+    loaded = load_adapter(tiny_model(), tmp_path / "old")
+    assert loaded.base_model.model.config.align_corners is False
+    assert load_adapter(tiny_model(), tmp_path / "new").base_model.model.config.align_corners is True

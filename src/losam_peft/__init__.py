@@ -1,13 +1,14 @@
 """losam-peft: Learnable Ophthalmology SAM as a PEFT adapter on transformers' SAM image encoder.
 
 Importing the package registers the "LOSAM" PEFT type (so ``peft.get_peft_model``/``PeftModel.from_pretrained`` know
-``LoSamConfig``) and the Auto classes (``AutoModelForSemanticSegmentation`` and ``AutoImageProcessor`` for
-``SamVisionConfig`` checkpoints written by this package).
+``LoSamConfig``) and the Auto classes (``AutoConfig``, ``AutoModelForSemanticSegmentation`` and ``AutoImageProcessor``
+for the ``LoSamSegmentationConfig`` checkpoints written by this package).
 """
 
 from __future__ import annotations
 
 from .adapters import load_adapter, save_adapter
+from .configuration_losam import LOSAM_MODEL_TYPE, LoSamSegmentationConfig
 from .constants import __version__  # noqa: F401  (the package version)
 from .fast_path import default_autocast_dtype, disable_fast_path, enable_fast_path, fast_path_enabled
 from .image_processing_losam import LoSamImageProcessor
@@ -33,21 +34,28 @@ from .tuner import (
 
 
 def _register_auto_classes() -> None:
+    # The package's own config class (model_type "losam_sam_segmentation") is what maps to its classes; transformers'
+    # SamVisionConfig keeps mapping to transformers' SAM.
     from transformers import (
+        AutoConfig,
         AutoImageProcessor,
         AutoModelForSemanticSegmentation,
-        SamVisionConfig,
     )
 
-    AutoModelForSemanticSegmentation.register(SamVisionConfig, SamForSemanticSegmentation, exist_ok=True)
-    AutoImageProcessor.register(SamVisionConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)
+    AutoConfig.register(LOSAM_MODEL_TYPE, LoSamSegmentationConfig, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(LoSamSegmentationConfig, SamForSemanticSegmentation, exist_ok=True)
+    AutoImageProcessor.register(
+        LoSamSegmentationConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True
+    )
 
 
 _register_auto_classes()
 
 __all__ = [
+    "LOSAM_MODEL_TYPE",
     "LOSAM_PEFT_TYPE",
     "LoSamConfig",
+    "LoSamSegmentationConfig",
     "LoSamImageProcessor",
     "LoSamLayer",
     "LoSamModel",

@@ -53,6 +53,10 @@ def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainabl
     check_adapter_files(adapter, **hub_kwargs)
     config = read_adapter_config(adapter, **hub_kwargs)
     config.inference_mode = not is_trainable
+    if config.align_corners is None:  # saved before the field existed: those heads were trained with False
+        config.align_corners = False
+    if hasattr(getattr(model, "config", None), "align_corners"):
+        model.config.align_corners = bool(config.align_corners)
     kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     if isinstance(model, PeftModel):
         model.load_adapter(str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs)

@@ -49,6 +49,13 @@ class LoSamConfig(PeftConfig):
     num_labels: Optional[int] = field(default=None, metadata={"help": "Number of classes of the head."})
     id2label: Optional[dict] = field(default=None, metadata={"help": "Class names by id."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Encoder input size used in training."})
+    align_corners: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "The head's final upsampling of the model the adapter was trained with (True: the reference's). "
+            "Adapters saved before this field existed were trained with False."
+        },
+    )
     modality: Optional[str] = field(default=None, metadata={"help": "Imaging modality, e.g. 'fundus', 'octa'."})
     task: Optional[str] = field(default=None, metadata={"help": "Segmentation task, e.g. 'vessels', 'lesions'."})
 

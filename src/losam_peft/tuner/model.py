@@ -51,6 +51,11 @@ class LoSamModel(BaseTuner):
                 config.id2label = {int(k): str(v) for k, v in model_config.id2label.items()}
         if config.image_size is None and model_config is not None:
             config.image_size = getattr(model_config, "image_size", None)
+        if model_config is not None and hasattr(model_config, "align_corners"):
+            if config.align_corners is None:
+                config.align_corners = bool(model_config.align_corners)
+            elif bool(config.align_corners) != bool(model_config.align_corners):
+                model_config.align_corners = bool(config.align_corners)  # the adapter's head was trained that way
 
         targets = config.target_modules if config.target_modules is not None else DEFAULT_TARGET_MODULES
         probe = LoSamConfig(target_modules=targets, exclude_modules=config.exclude_modules)
