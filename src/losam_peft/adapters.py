@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME
@@ -41,6 +43,15 @@ def check_adapter_files(adapter: str, **hub_kwargs) -> None:
     resolve_file(str(adapter), ADAPTER_WEIGHTS_NAME, **hub_kwargs)
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """PEFT 0.21 still asks transformers 5 for ``is_gradient_checkpointing``; that deprecation is not the user's to
+    act on. Silenced around our own PEFT calls only (no global filter)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainable: bool = False, **hub_kwargs):
     """Put a saved LoSAM adapter on ``model``.
 
@@ -59,11 +70,15 @@ def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainabl
         model.config.align_corners = bool(config.align_corners)
     kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     if isinstance(model, PeftModel):
-        model.load_adapter(str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs)
+        with quiet_peft_deprecations():
+            model.load_adapter(
+                str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs
+            )
         return model
-    return PeftModel.from_pretrained(
-        model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
-    )
+    with quiet_peft_deprecations():
+        return PeftModel.from_pretrained(
+            model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
+        )
 
 
 def save_adapter(

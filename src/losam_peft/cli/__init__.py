@@ -19,6 +19,8 @@ import argparse
 import re
 import sys
 
+from transformers.utils import logging as hf_logging
+
 from ..data.sources import DataOptions
 from ..errors import LoSamError
 from ..training import TrainingConfig
@@ -56,6 +58,8 @@ def _with_flags(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # transformers draws a progress bar for every checkpoint it reads; on the command line that is noise on stderr
+    hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except LoSamError as err:
