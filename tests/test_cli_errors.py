@@ -83,7 +83,7 @@ CASES = {
         "nosuch"),
     "convert onto an existing output": (
         lambda w, t: ["data", "convert", "--dataset", "folder", "--data-root", str(w), "--output-dir", str(w / "images")],
-        "exists"),
+        "lies inside the input"),
     "list-adapters limit 0": (lambda w, t: ["list-adapters", "--limit", "0"], "--limit"),
     "train output is a file": (lambda w, t: _train(w, t, output=w / "a_file"), "a_file"),
     "train output under a file": (lambda w, t: _train(w, t, output=w / "a_file" / "run"), "a_file"),

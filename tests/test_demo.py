@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from losam_peft.cli import main as cli_main
 
 
+@pytest.mark.slow
 def test_demo_trains_a_useful_adapter_and_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--output-dir", str(out), "--quiet"]) == 0

@@ -16,7 +16,9 @@ from losam_peft.metrics import (
     EVALUATE_METRIC_PATH,
     METRIC_NAMES,
     SegmentationMetricAccumulator,
+    confusion_mean_foreground_dice,
     format_paper_table,
+    mean_foreground_dice,
     per_image_rows,
     segmentation_metrics,
 )
@@ -362,6 +364,35 @@ def test_bool_inputs_and_id2label_string_keys():
 # ----------------------------------------------------------------------------------------------
 # accumulator
 # ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_labels", [2, 4])
+def test_the_one_mean_foreground_dice(num_labels):
+    preds, refs, fovs = make_images(5, num_labels, [(9, 9), (8, 11), (7, 7), (10, 6)], with_fov=True)
+    acc = SegmentationMetricAccumulator(num_labels)
+    acc.update(preds, refs, fov=fovs)
+    res = acc.compute()
+    assert mean_foreground_dice(res) == res["mean_foreground"]["dataset"]["dice"]
+    assert mean_foreground_dice(json.loads(json.dumps(res))) == res["mean_foreground"]["dataset"]["dice"]
+    assert confusion_mean_foreground_dice(acc.per_image_confusion().sum(dim=0)) == pytest.approx(
+        res["mean_foreground"]["dataset"]["dice"], abs=1e-15
+    )
+    for entry, confusion in zip(res["per_image"], acc.per_image_confusion()):
+        values = [entry["per_class"][c]["dice"] for c in range(1, num_labels)]
+        values = [v for v in values if v is not None]
+        expected = sum(values) / len(values) if values else None
+        _close(mean_foreground_dice(entry), expected, "per-image mean foreground Dice")
+        assert confusion_mean_foreground_dice(confusion) == mean_foreground_dice(entry)
+
+
+def test_mean_foreground_dice_undefined():
+    assert mean_foreground_dice(None) is None and mean_foreground_dice({}) is None
+    background_only = segmentation_metrics(np.zeros((4, 4), int), np.zeros((4, 4), int), 2)
+    assert mean_foreground_dice(background_only) is None
+    assert confusion_mean_foreground_dice(np.array([[16, 0], [0, 0]])) is None
+    assert confusion_mean_foreground_dice(torch.tensor([[2, 1], [1, 2]])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"\(C, C\)"):
+        confusion_mean_foreground_dice(np.zeros((2, 3), int))
 
 
 def test_accumulator_streaming_equals_one_call():

@@ -1,5 +1,6 @@
 """One-shot and few-shot training, determinism, resume, DDP on CPU, and bad input (issue 3)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,11 +13,12 @@ from conftest import REPO, tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 
-from losam_peft import SamForSemanticSegmentation
+from losam_peft import LoSamImageProcessor, LoSamPipeline, SamForSemanticSegmentation
 from losam_peft.cli import main as cli_main
 from losam_peft.data.samples import Sample
 from losam_peft.data.synthetic import make_samples, save_folder
-from losam_peft.training import TrainingConfig, TrainingError, poly_lr, train
+from losam_peft.evaluation import evaluate_adapter
+from losam_peft.training import PRESETS, PreparedSamples, TrainingConfig, TrainingError, loop, poly_lr, train
 
 STEPS = 6
 
@@ -111,6 +113,89 @@ def test_paper_preset_uses_plain_resize_and_half_mean(tmp_path, base_dir):
     assert result.steps == 4  # 2 epochs of 2 images, batch 1
 
 
+def test_every_setting_is_documented_and_checked():
+    for f in dataclasses.fields(TrainingConfig):
+        assert f.metadata.get("help"), f.name
+        if f.metadata.get("choices") and f.default not in (dataclasses.MISSING, None):
+            assert f.default in f.metadata["choices"], f.name
+    assert "paper" in PRESETS and list(PRESETS) == ["default", "paper"] and not PRESETS["default"]
+    with pytest.raises(TrainingError, match="mixed_precision must be one of no, fp16, bf16, got 'fp8'"):
+        TrainingConfig(output_dir="x", mixed_precision="fp8")
+    with pytest.raises(TrainingError, match="preset must be one of default, paper"):
+        TrainingConfig(output_dir="x", preset="reference")
+    with pytest.raises(TrainingError, match="batch_size must be at least 1, got 0"):
+        TrainingConfig(output_dir="x", batch_size=0)
+
+
+def test_a_preset_fills_in_only_the_settings_not_given():
+    paper = TrainingConfig(output_dir="x", preset="paper")
+    assert {k: getattr(paper, k) for k in PRESETS["paper"]} == dict(PRESETS["paper"])
+    assert paper.processor_mode == "paper"
+    mixed = TrainingConfig(output_dir="x", preset="paper", processor_mode="sam", image_size=None, epochs=3)
+    assert (mixed.processor_mode, mixed.image_size, mixed.epochs) == ("sam", 1024, 3)  # None counts as not given
+    assert dataclasses.replace(mixed, output_dir="y").processor_mode == "sam"
+    steps_only = TrainingConfig(output_dir="x", max_steps=5)
+    assert (steps_only.epochs, steps_only.image_size, steps_only.processor_mode) == (None, None, "sam")
+
+
+@pytest.mark.parametrize("mode", ["sam", "paper"])
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_training_pixels_and_labels_are_the_image_processors(mode, shape):
+    processor = LoSamImageProcessor(image_size=64, mode=mode)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    label = (rng.random(shape) > 0.7).astype(np.uint8)
+    fov = np.ones(shape, bool)
+    fov[:5] = False
+    pixels, labels = PreparedSamples([Sample(image, label, "x", fov)], processor, 2).batch([0], [1], augment=False)
+    expected = processor(image, segmentation_maps=np.where(fov, label, 255))
+    assert torch.equal(labels, expected["labels"])
+    if processor.resized_size(*shape) == shape:  # nothing resized: 8-bit pixels are kept exactly
+        assert torch.equal(pixels, expected["pixel_values"])
+    else:  # the resized content is cached as uint8: within half a grey level
+        tolerance = 0.5 / 255 / min(processor.image_std) + 1e-6
+        assert (pixels - expected["pixel_values"]).abs().max() <= tolerance
+
+
+def test_training_metrics_are_evaluate_adapters_on_the_written_adapter(tmp_path, base_dir):
+    out = tmp_path / "evaluated"
+    eval_samples = _samples(2, seed=9)
+    config = TrainingConfig(output_dir=str(out), base=str(base_dir), max_steps=3, log_with="none")
+    result = train(config, _samples(), eval_samples, progress=False)
+    assert result.best_step == 3  # evaluated once, at the end: the written adapter is the final one
+    pipe = LoSamPipeline.from_pretrained(out, device="cpu", dtype="fp32")
+    again = evaluate_adapter(pipe, eval_samples, progress=False, num_overlays=0, plot=False)
+    assert result.metrics["per_class"] == again["per_class"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["mean_foreground"]["dataset"]["dice"] == again["mean_foreground"]["dataset"]["dice"]
+    assert written["evaluation"]["dtype"] == "float32" and written["evaluation"]["num_images"] == 2
+
+
+def test_a_resumed_run_keeps_the_best_evaluation_made_before_the_interruption(tmp_path, base_dir, monkeypatch):
+    scores = iter([0.9, 0.1, 0.1])  # the evaluation at step 2 stays the best
+    monkeypatch.setattr(loop, "mean_foreground_dice", lambda metrics: next(scores))
+    original, calls = loop._train_step, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_step", interrupted)
+    config = dict(output_dir=str(tmp_path / "best"), base=str(base_dir), max_steps=6, eval_every=2, log_with="none")
+    assert train(TrainingConfig(**config), _samples(), val_samples=_samples(1, seed=9), progress=False).interrupted
+    monkeypatch.setattr(loop, "_train_step", original)
+    checkpoint = tmp_path / "best" / "checkpoint"
+    state = json.loads((checkpoint / "state.json").read_text())
+    del state["config"]["processor_mode"]  # a checkpoint of a release that did not record it still resumes
+    (checkpoint / "state.json").write_text(json.dumps(state))
+    resumed = train(TrainingConfig(**config, resume_from=str(checkpoint)), _samples(), val_samples=_samples(1, seed=9),
+                    progress=False)  # fmt: skip
+    assert resumed.steps == 6 and resumed.best_step == 2
+    assert resumed.metrics["step"] == 2 and resumed.metrics["per_class"]
+
+
 def test_seeded_runs_are_identical(tmp_path, base_dir):
     first = _weights(_run(tmp_path, "a", base_dir, seed=7).output_dir)
     second = _weights(_run(tmp_path, "b", base_dir, seed=7).output_dir)
@@ -126,11 +211,9 @@ def test_gradient_accumulation_and_bf16_run(tmp_path, base_dir):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, base_dir, monkeypatch):
-    import losam_peft.training as training
-
     reference = _weights(_run(tmp_path, "full", base_dir).output_dir)
 
-    original = training._train_step
+    original = loop._train_step
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -139,12 +222,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, base_dir,
             raise KeyboardInterrupt  # Ctrl-C during the 4th step
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_train_step", interrupted)
+    monkeypatch.setattr(loop, "_train_step", interrupted)
     result = _run(tmp_path, "cut", base_dir)
     assert result.interrupted and result.steps == 3
     checkpoint = tmp_path / "cut" / "checkpoint"
     assert (checkpoint / "state.safetensors").is_file() and (checkpoint / "state.json").is_file()
-    monkeypatch.setattr(training, "_train_step", original)
+    monkeypatch.setattr(loop, "_train_step", original)
     resumed = _run(tmp_path, "cut", base_dir, resume_from=str(checkpoint))
     assert resumed.steps == STEPS
     weights = _weights(resumed.output_dir)
@@ -161,7 +244,7 @@ def test_sigterm_leaves_a_usable_checkpoint(tmp_path, base_dir, synthetic_folder
     out = tmp_path / "term"
     script = (
         "import os, signal, sys\n"
-        "import losam_peft.training as t\n"
+        "import losam_peft.training.loop as t\n"
         "original = t._train_step\n"
         "calls = []\n"
         "def step(*a, **k):\n"
@@ -184,9 +267,7 @@ def test_sigterm_leaves_a_usable_checkpoint(tmp_path, base_dir, synthetic_folder
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, base_dir, monkeypatch):
-    import losam_peft.training as training
-
-    original = training._PreparedSamples.batch
+    original = PreparedSamples.batch
     calls = {"n": 0}
 
     def batch(self, *args, **kwargs):
@@ -194,7 +275,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
         pixels, labels = original(self, *args, **kwargs)
         return (pixels * float("nan") if calls["n"] == 4 else pixels), labels
 
-    monkeypatch.setattr(training._PreparedSamples, "batch", batch)
+    monkeypatch.setattr(PreparedSamples, "batch", batch)
     with pytest.raises(TrainingError, match=r"loss became nan at step 4.*last good checkpoint is kept"):
         _run(tmp_path, "nan", base_dir, max_steps=10, save_every=1)
     state = json.loads((tmp_path / "nan" / "checkpoint" / "state.json").read_text())
@@ -307,9 +388,7 @@ def test_named_dataset_with_shots_and_eval_split_and_tensorboard_logs(tmp_path, 
 
 def test_fp16_without_a_loss_scaler_stops_on_nan_like_fp32(tmp_path, base_dir, monkeypatch):
     """On CPU Accelerate gives fp16 no GradScaler, so a non-finite loss must stop training, not slip through."""
-    import losam_peft.training as training
-
-    original = training._PreparedSamples.batch
+    original = PreparedSamples.batch
     calls = {"n": 0}
 
     def batch(self, *args, **kwargs):
@@ -317,9 +396,50 @@ def test_fp16_without_a_loss_scaler_stops_on_nan_like_fp32(tmp_path, base_dir, m
         pixels, labels = original(self, *args, **kwargs)
         return (pixels * float("inf") if calls["n"] == 2 else pixels), labels
 
-    monkeypatch.setattr(training._PreparedSamples, "batch", batch)
+    monkeypatch.setattr(PreparedSamples, "batch", batch)
     with pytest.warns(UserWarning, match="without autocast or loss scaling"):
         with pytest.raises(TrainingError, match="loss became nan at step 2"):
             _run(tmp_path, "fp16", base_dir, mixed_precision="fp16", max_steps=4, save_every=1)
     weights = load_file(tmp_path / "fp16" / "checkpoint" / "state.safetensors")
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
+
+
+def test_the_saved_step_is_chosen_on_validation_only(tmp_path, base_dir, monkeypatch):
+    # validation Dice peaks at step 2, evaluation Dice at step 4: the saved adapter is step 2's
+    scores = {"the validation set": iter([0.9, 0.1, 0.1]), "eval": iter([0.1, 0.9, 0.1])}
+    real = loop.evaluate_adapter
+
+    def scored(pipe, samples, id2label, output_dir, **kwargs):
+        result = real(pipe, samples, id2label, output_dir, **kwargs)
+        key = "the validation set" if kwargs.get("dataset_name") == "the validation set" else "eval"
+        result["mean_foreground"]["dataset"]["dice"] = next(scores[key])
+        return result
+
+    monkeypatch.setattr(loop, "evaluate_adapter", scored)
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), base=str(base_dir), max_steps=6, eval_every=2,
+                            log_with="none")  # fmt: skip
+    result = train(config, _samples(), _samples(1, seed=9), val_samples=_samples(1, seed=5), progress=False)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result.best_step == 2 and written["step"] == 2
+    assert written["selection"]["by"] == "validation" and written["validation"]["mean_foreground_dice"] == 0.9
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r.get("eval_dice") for r in history if "eval_dice" in r] == [0.1, 0.9, 0.1]
+
+
+def test_without_validation_the_final_step_is_saved(tmp_path, base_dir):
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), base=str(base_dir), max_steps=4, eval_every=1,
+                            log_with="none")  # fmt: skip
+    result = train(config, _samples(), _samples(1, seed=9), progress=False)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result.best_step == 4 and written["step"] == 4 and written["selection"]["by"] == "final step"
+
+
+def test_accelerate_decides_the_precision_when_none_is_given(tmp_path, base_dir, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    config = TrainingConfig(output_dir=str(tmp_path / "run"), base=str(base_dir), max_steps=1, log_with="none")
+    train(config, _samples(), progress=False)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["mixed_precision"] == "bf16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    config = TrainingConfig(output_dir=str(tmp_path / "run2"), base=str(base_dir), max_steps=1, log_with="none")
+    train(config, _samples(), progress=False)
+    assert json.loads((tmp_path / "run2" / "train_config.json").read_text())["mixed_precision"] == "no"

@@ -3,8 +3,10 @@
 A small SAM-style encoder is built from the bundled ``demo`` configuration with *random* weights (real use loads
 ``facebook/sam-vit-base``; the Hub cannot be assumed here) and saved as the base checkpoint. One synthetic colour
 fundus photograph with its exact vessel mask is the training shot; a held-out set of other synthetic retinas measures
-the result. The demo writes the adapter (loadable with ``LoSamPipeline.from_pretrained``), ``metrics.json``, overlay
-PNGs (image | ground truth | prediction) and the loss curve.
+the result, before and after training, with :func:`losam_peft.evaluation.evaluate_adapter` (as training's own
+evaluations are). The demo writes the adapter (loadable with ``LoSamPipeline.from_pretrained``), ``metrics.json``,
+overlay PNGs (image | ground truth | prediction, :func:`losam_peft.visualization.comparison_panel`) and the loss
+curve.
 """
 
 from __future__ import annotations
@@ -16,52 +18,56 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_save, atomic_write_json
+from .data.samples import Sample
+from .data.synthetic import derive_seed, fundus
+from .evaluation import evaluate_adapter
+from .image_processing_losam import LoSamImageProcessor, to_rgb8
+from .metrics import format_paper_table, mean_foreground_dice
+from .modeling_losam import SamForSemanticSegmentation, sam_vision_config
+from .pipeline import LoSamPipeline
+from .training import TrainingConfig, train
+from .visualization import comparison_panel
+
 DEMO_STEPS = 250
 DEMO_HELD_OUT = 6
 DEMO_LEARNING_RATE = 0.05
 # thicker vessels than the generator's default so that the tiny encoder's 1/8-resolution tokens can carry them
 DEMO_FUNDUS = dict(min_width=2.5, max_width=7.0)
+# the demo trains in float32 (TrainingConfig's mixed_precision "no"): evaluate the same way
+DEMO_DTYPE = "fp32"
+HELD_OUT_NAME = "the held-out synthetic retinas"
 
 
-def _synthetic_fundus(size: int, seed: int, index: int):
-    from .data.samples import Sample
-    from .data.synthetic import derive_seed, fundus
-
+def _synthetic_fundus(size: int, seed: int, index: int) -> Sample:
     sample = fundus(size, derive_seed(seed, index), **DEMO_FUNDUS)
     return Sample(sample.image, sample.mask.astype(np.uint8), f"synthetic_fundus_{index:03d}", sample.fov)
 
 
-def _evaluate(model, processor, samples, id2label):
-    from .metrics import SegmentationMetricAccumulator
-
-    accumulator = SegmentationMetricAccumulator(num_labels=len(id2label))
-    predictions = []
-    model.eval()
-    with torch.no_grad():
-        for sample in samples:
-            logits = model(pixel_values=processor(sample.image)["pixel_values"]).logits
-            label_map = processor.post_process_semantic_segmentation(logits, target_sizes=[sample.label.shape])[0]
-            accumulator.update(label_map, torch.from_numpy(sample.label.astype(np.int64)), fov=torch.from_numpy(sample.fov))
-            predictions.append(label_map.numpy().astype(np.uint8))
-    return accumulator.compute(id2label=id2label), predictions
+def _evaluate(pipe: LoSamPipeline, samples, id2label) -> dict:
+    return evaluate_adapter(
+        pipe, samples, id2label, None, progress=False, num_overlays=0, plot=False, dataset_name=HELD_OUT_NAME
+    )
 
 
-def _save_overlay(sample, prediction, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    from .atomic import atomic_save
-
-    height, width = sample.label.shape
-    image = Image.fromarray(np.asarray(sample.image, dtype=np.uint8)).convert("RGB")
-    truth = Image.fromarray((sample.label > 0).astype(np.uint8) * 255).convert("RGB")
-    inside = sample.fov if sample.fov is not None else np.ones_like(prediction, bool)
-    pred = Image.fromarray(((prediction > 0) & inside).astype(np.uint8) * 255).convert("RGB")
-    canvas = Image.new("RGB", (3 * width + 20, height + 18), "white")
-    draw = ImageDraw.Draw(canvas)
-    for column, (picture, title) in enumerate(((image, "image"), (truth, "ground truth"), (pred, "prediction (inside the FOV)"))):
-        canvas.paste(picture, (column * (width + 10), 18))
-        draw.text((column * (width + 10) + 2, 3), title, fill="black")
-    atomic_save(path, canvas.save)
+def _save_overlays(pipe: LoSamPipeline, samples, results: dict, folder: Path) -> None:
+    """image | ground truth | prediction (inside the FOV) of every held-out sample, titled with its Dice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    predictions = pipe.predict_loaded([sample.image for sample in samples])
+    for sample, prediction, entry in zip(samples, predictions, results["per_image"]):
+        dice = entry.get("mean_foreground_dice")
+        shown = "undefined" if dice is None else f"{dice:.3f}"
+        canvas = comparison_panel(
+            to_rgb8(sample.image),
+            sample.label,
+            prediction.label_map,
+            title=f"{sample.id}: vessel Dice {shown}",
+            num_labels=pipe.num_labels,
+            fov=sample.fov,
+            style="mask",
+            captions=("image", "ground truth", "prediction (inside the FOV)"),
+        )
+        atomic_save(folder / f"{sample.id}.png", canvas.save)
 
 
 def run_demo(
@@ -74,11 +80,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run the demo; returns a summary with the held-out Dice before and after training and the output paths."""
-    from .image_processing_losam import LoSamImageProcessor
-    from .metrics import format_paper_table
-    from .modeling_losam import SamForSemanticSegmentation, sam_vision_config
-    from .training import TrainingConfig, mean_foreground_dice, train
-
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def run_demo(
     train_samples = [_synthetic_fundus(size, seed, 0)]
     eval_samples = [_synthetic_fundus(size, seed, 1 + i) for i in range(held_out)]
     processor = LoSamImageProcessor(image_size=size)
-    untrained, _ = _evaluate(base, processor, eval_samples, id2label)
+    untrained = _evaluate(LoSamPipeline(base, processor, dtype=DEMO_DTYPE, id2label=id2label), eval_samples, id2label)
 
     result = train(
         TrainingConfig(
@@ -122,15 +123,11 @@ def run_demo(
         progress=progress,
     )
 
-    from .adapters import load_adapter
-    from .atomic import atomic_write_json
-
-    trained_model = load_adapter(SamForSemanticSegmentation.from_pretrained(base_dir), output_dir)
-    trained, predictions = _evaluate(trained_model, processor, eval_samples, id2label)
+    # the adapter as a user loads it: from the folder, onto a fresh copy of the saved base encoder
+    trained_pipe = LoSamPipeline.from_pretrained(output_dir, base=str(base_dir), device="cpu", dtype=DEMO_DTYPE)
+    trained = _evaluate(trained_pipe, eval_samples, id2label)
     overlays = output_dir / "overlays"
-    overlays.mkdir(exist_ok=True)
-    for sample, prediction in zip(eval_samples, predictions):
-        _save_overlay(sample, prediction, overlays / f"{sample.id}.png")
+    _save_overlays(trained_pipe, eval_samples, trained, overlays)
 
     summary = {
         "held_out_dice": mean_foreground_dice(trained),

@@ -109,9 +109,11 @@ __all__ = [
     "EVALUATE_METRIC_PATH",
     "METRIC_NAMES",
     "SegmentationMetricAccumulator",
+    "confusion_mean_foreground_dice",
     "counts_to_metrics",
     "format_paper_table",
     "load_evaluate_metric",
+    "mean_foreground_dice",
     "per_image_rows",
     "segmentation_metrics",
 ]
@@ -362,6 +364,34 @@ def counts_to_metrics(
             rows.append({"index": i, "num_pixels": int(pix[i]), "per_class": pc})
         results["per_image"] = rows
     return results
+
+
+def mean_foreground_dice(results: Mapping[str, Any] | None) -> float | None:
+    """The package's one summary number: the mean Dice of the foreground classes ``1 ..`` whose Dice is defined.
+
+    ``results`` is a result dict (its dataset-level ``mean_foreground["dataset"]["dice"]``) or any mapping with
+    ``per_class`` entries, such as one entry of ``results["per_image"]``, whose foreground Dice values are then
+    averaged by the same rule. ``None`` for no results or when no foreground Dice is defined.
+    """
+    if not results:
+        return None
+    summary = (results.get("mean_foreground") or {}).get("dataset") or {}
+    if summary.get("dice") is not None:
+        return float(summary["dice"])
+    per_class = results.get("per_class") or {}
+    return _mean_defined([entry.get("dice") for key, entry in per_class.items() if int(key) != 0])[0]
+
+
+def confusion_mean_foreground_dice(confusion: np.ndarray | torch.Tensor) -> float | None:
+    """:func:`mean_foreground_dice` of one ``(C, C)`` confusion matrix (rows: reference, columns: prediction)."""
+    if isinstance(confusion, torch.Tensor):
+        confusion = confusion.detach().to("cpu", torch.int64).numpy()
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise LoSamValueError(f"expected a confusion matrix of shape (C, C), got {cm.shape}")
+    _, values, defined = _ratios(cm)
+    dice = [_value(values["dice"][c], bool(defined["dice"][c])) for c in range(1, cm.shape[0])]
+    return _mean_defined(dice)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,10 @@ def add_train_parser(sub) -> None:
 def run_training(args: argparse.Namespace):
     """Load the data the options name and train; the ``TrainingResult``."""
     data = load_training_data(data_options(args), num_labels=num_labels_of(args))
-    return train(training_config(args, data), data.train, data.eval, progress=not args.quiet)
+    return train(
+        training_config(args, data), data.train, data.eval, val_samples=data.val, val_source=data.val_source,
+        progress=not args.quiet,
+    )
 
 
 def print_training_result(result) -> None:
@@ -33,7 +36,7 @@ def print_training_result(result) -> None:
         return
     print(f"adapter written to {result.output_dir} after {result.steps} steps ({result.seconds:.1f} s)")
     if result.metrics:
-        print(format_paper_table(result.metrics, title=f"validation (best step {result.best_step})"))
+        print(format_paper_table(result.metrics, title=f"evaluation of the saved adapter (step {result.best_step})"))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -205,7 +205,10 @@ def load_training_data(options: DataOptions | None = None, *, num_labels: int | 
                 f"the validation set shares images with the evaluation set ({sorted(shared)[:3]}); the step kept "
                 "must be chosen on data the final report does not use"
             )
-    return TrainingData(train, evaluation, id2label, modality, task, datasets, validation, val_source)
+    return TrainingData(
+        train=train, eval=evaluation, val=validation, val_source=val_source, id2label=id2label, modality=modality,
+        task=task, datasets=datasets,
+    )
 
 
 def _validation(o: DataOptions, train: list[Sample], id2label, num_labels, datasets):
