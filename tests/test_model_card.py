@@ -159,3 +159,12 @@ def test_few_shot_training_and_no_evaluation():
     assert "extra note: synthetic" in card.text
     assert "model-index" not in card.data.to_dict()
     assert ModelCard(str(card)).data.eval_results is None
+
+
+def test_the_card_says_how_the_saved_step_was_chosen():
+    from losam_peft.model_card import _training_markdown
+
+    text, _ = _training_markdown({"shots": ["a"], "selection": {"by": "validation", "source": "val_dir", "step": 8}})
+    assert "saved step: 8" in text and "validation data (val_dir)" in text
+    text, _ = _training_markdown({"shots": ["a"], "selection": {"by": "final step", "step": 32}})
+    assert "the final step (32)" in text

@@ -193,6 +193,15 @@ def _training_markdown(training: Mapping | None) -> tuple[str, str]:
         if key == "seconds" and _number(value) is not None:
             value = f"{float(value):.1f}"
         lines.append(f"- {label}: {value}")
+    selection = training.get("selection")
+    if isinstance(selection, Mapping):
+        if selection.get("by") == "validation":
+            lines.append(
+                f"- saved step: {selection.get('step')}, the best mean foreground Dice on the validation data "
+                f"({selection.get('source', 'validation data')}); the evaluation results below never chose it"
+            )
+        else:
+            lines.append(f"- saved step: the final step ({selection.get('step')}); no validation data chose it")
     for key, value in training.items():
         if key in labels or key == "shots" or value is None or isinstance(value, (dict, list, tuple)):
             continue

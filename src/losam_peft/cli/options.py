@@ -97,7 +97,7 @@ def add_dataclass_options(
         kind = _base_type(hints[name])
         flag = "--" + name.replace("_", "-")
         default = _default_of(field)
-        help_text = (help_overrides or {}).get(name, meta.get("help", ""))
+        help_text = (help_overrides or {}).get(name, meta.get("help", "")).replace("%", "%%")  # argparse formats help
         shown = (defaults or {}).get(name, None)
         extra = [a for a in (aliases or {}).get(name, ())]
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
