@@ -1,48 +1,7 @@
-import os
-from pathlib import Path
+"""Shared fixtures: a tiny model, a PEFT model on it, a saved adapter with its base, and the real datasets."""
 
 import pytest
-import torch
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def tiny_config(**overrides):
-    from losam_peft import sam_vision_config
-
-    values = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_dim=64,
-        global_attn_indexes=[1],
-        image_size=64,
-        patch_size=8,
-        window_size=4,
-        output_channels=32,
-        num_pos_feats=16,
-        initializer_range=0.02,
-    )
-    values.update(overrides)
-    return sam_vision_config("tiny", **values)
-
-
-def tiny_model(seed=0, **overrides):
-    from losam_peft import SamForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    model = SamForSemanticSegmentation(tiny_config(**overrides))
-    # SAM initialises its position tables to zero; give them values so that resizing and exactness tests see them
-    with torch.no_grad():
-        encoder = model.vision_encoder
-        encoder.pos_embed.normal_(0, 0.02)
-        for layer in encoder.layers:
-            layer.attn.rel_pos_h.normal_(0, 0.02)
-            layer.attn.rel_pos_w.normal_(0, 0.02)
-    return model.eval()
+from helpers import SHARED_DATA, tiny_model
 
 
 @pytest.fixture
@@ -50,3 +9,35 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny():
+    """A tiny random SamForSemanticSegmentation (hidden 32, 2 layers, 64 px)."""
+    return tiny_model()
+
+
+@pytest.fixture
+def peft_model():
+    """A LoSAM PEFT model on the tiny encoder."""
+    from peft import get_peft_model
+
+    from losam_peft import LoSamConfig
+
+    return get_peft_model(tiny_model(), LoSamConfig())
+
+
+@pytest.fixture(scope="session")
+def saved_adapter(tmp_path_factory):
+    """``(adapter_dir, base_dir)``: a tiny base written by save_pretrained and a LoSAM adapter saved on it."""
+    from peft import get_peft_model
+
+    from losam_peft import LoSamConfig, LoSamImageProcessor, save_adapter
+
+    root = tmp_path_factory.mktemp("saved")
+    base = tiny_model()
+    base.save_pretrained(root / "base")
+    base.name_or_path = str(root / "base")
+    model = get_peft_model(base, LoSamConfig(base_model_name_or_path=str(root / "base")))
+    save_adapter(model, root / "adapter", image_processor=LoSamImageProcessor(image_size=64))
+    return root / "adapter", root / "base"

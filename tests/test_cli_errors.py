@@ -10,22 +10,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
-from peft import get_peft_model
 from PIL import Image
 
-from losam_peft import LoSamConfig, LoSamImageProcessor, save_adapter
 from losam_peft.cli import main
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, saved_adapter):
+    adapter, base = saved_adapter
     root = tmp_path_factory.mktemp("cli")
-    base = tiny_model()
-    base.save_pretrained(root / "base")
-    base.name_or_path = str(root / "base")
-    model = get_peft_model(base, LoSamConfig(base_model_name_or_path=str(root / "base")))
-    save_adapter(model, root / "adapter", image_processor=LoSamImageProcessor(image_size=64))
+    shutil.copytree(adapter, root / "adapter")
+    shutil.copytree(base, root / "base")
     (root / "images").mkdir()
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)

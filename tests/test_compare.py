@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from helpers import tiny_config, tiny_model
 from peft import PeftModel
 
 from losam_peft import SamForSemanticSegmentation

@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.hf_api import ModelInfo

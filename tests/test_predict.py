@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from PIL import Image
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput

@@ -6,7 +6,7 @@ import re
 import sys
 
 import pytest
-from conftest import REPO, tiny_model
+from helpers import REPO, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_config
+from helpers import REPO, tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 

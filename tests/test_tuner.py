@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from helpers import tiny_model
 from peft import get_peft_model
 
 from losam_peft import LoSamConfig
