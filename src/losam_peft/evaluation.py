@@ -55,6 +55,7 @@ from .data import DATASETS, folder, label_info
 from .data.samples import Sample, id2label_of, sample_from_row
 from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
+from .labels import normalise_id2label
 from .metrics import (
     SegmentationMetricAccumulator,
     confusion_mean_foreground_dice,
@@ -87,7 +88,7 @@ _GENERIC_NAME = re.compile(r"^(foreground|class[_ ]?\d+|label[_ ]?\d+|\d+)$", re
 def _norm_labels(id2label: Mapping | None) -> dict[int, str] | None:
     if id2label is None:
         return None
-    return {int(k): str(v) for k, v in dict(id2label).items()}
+    return normalise_id2label(dict(id2label))
 
 
 def check_labels(
@@ -267,7 +268,7 @@ def evaluate_adapter(
     started = time.perf_counter()
     dataset_name = dataset_name or "the dataset"
     pipe = _as_pipeline(model_or_pipeline, base=base, device=device, dtype=dtype, image_processor=image_processor)
-    model_labels = {int(k): str(v) for k, v in pipe.id2label.items()}
+    model_labels = normalise_id2label(pipe.id2label)
     num_labels = len(model_labels)
     data_labels = _norm_labels(id2label) if id2label is not None else _dataset_labels(samples)
     label_warnings = check_labels(model_labels, data_labels, model_name=_model_name(pipe), dataset_name=dataset_name)

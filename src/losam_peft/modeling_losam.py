@@ -35,6 +35,7 @@ from transformers.utils import logging
 
 from .configuration_losam import LoSamSegmentationConfig
 from .errors import CheckpointError, LoSamError, LoSamValueError
+from .labels import normalise_id2label
 
 logger = logging.get_logger(__name__)
 
@@ -490,7 +491,7 @@ def _apply_label_overrides(config, num_labels, id2label, label2id) -> bool:
     """Set the label fields; returns True when the labels differ from the config's before."""
     before = dict(config.id2label)
     if id2label is not None:
-        id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+        id2label = normalise_id2label(id2label)
         if num_labels is not None and num_labels != len(id2label):
             raise LoSamValueError(
                 f"num_labels={num_labels} disagrees with id2label, which names {len(id2label)} labels"

@@ -31,6 +31,7 @@ from PIL import Image
 
 from .errors import LoSamValueError
 from .image_processing_losam import LoSamImageProcessor, decode_array, decode_image, to_rgb8
+from .labels import normalise_id2label
 from .loading import CheckpointError
 from .tiling import tiled_probabilities
 from .visualization import label_map_to_pil, overlay, palette
@@ -138,7 +139,7 @@ class LoSamPipeline:
         self.image_processor = image_processor
         if id2label is None:
             id2label = getattr(config, "id2label", None) or {0: "background", 1: "foreground"}
-        self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+        self.id2label = normalise_id2label(id2label)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.adapter = None
         self.adapter_config = None

@@ -8,7 +8,13 @@ from pathlib import Path
 from ..evaluation import evaluate_adapter, load_evaluation_data, load_for_evaluation
 from ..metrics import format_paper_table
 from .common import add_dataset_options, dataset_options
-from .options import checked
+from .options import add_keyword_options, given
+
+EVALUATE_OPTIONS = {
+    "batch_size": {"help": "images per forward pass", "type": int, "min": 1},
+    "max_images": {"help": "evaluate only the first N images", "type": int, "min": 1, "default_text": "all"},
+    "num_overlays": {"help": "overlays of the N best and N worst images", "type": int, "min": 0},
+}
 
 
 def add_evaluate_parser(sub) -> None:
@@ -24,18 +30,13 @@ def add_evaluate_parser(sub) -> None:
     data.add_argument("--masks", default=None, help="the folder of their masks, paired by file name")
     data.add_argument("--fov-masks", default=None, help="optional folder of FOV masks paired by file name")
     data.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning")
-    data.add_argument("--max-images", type=checked(int, {"min": 1}, "--max-images"), default=None,
-                      help="evaluate only the first N images (default: all)")  # fmt: skip
     add_dataset_options(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True, help="where results.json, results.csv, overlays… go")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: best available)")
     run.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: bf16 where supported)")
-    run.add_argument("--batch-size", type=checked(int, {"min": 1}, "--batch-size"), default=1,
-                     help="images per forward pass (default: %(default)s)")  # fmt: skip
+    add_keyword_options(run, evaluate_adapter, EVALUATE_OPTIONS)
     run.add_argument("--no-fov", dest="fov", action="store_false", help="evaluate every pixel, not only the FOV")
-    run.add_argument("--num-overlays", type=checked(int, {"min": 0}, "--num-overlays"), default=3,
-                     help="overlays of the N best and N worst images (default: %(default)s)")  # fmt: skip
     run.add_argument("--level", choices=["dataset", "image"], default="dataset",
                      help="table of counts summed over the dataset (default) or of per-image means")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,11 +61,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset,
         id2label,
         args.output_dir,
-        batch_size=args.batch_size,
         use_fov=args.fov,
-        max_images=args.max_images,
-        num_overlays=args.num_overlays,
         progress=not args.quiet,
+        **given(args, EVALUATE_OPTIONS),
         dataset_name=name,
     )
     info = results["evaluation"]

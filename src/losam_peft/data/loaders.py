@@ -40,6 +40,7 @@ import numpy as np
 from ..atomic import check_replaceable, mark_output
 from ..constants import CARD_NAME
 from ..errors import LoSamTypeError, LoSamValueError
+from ..labels import normalise_id2label
 from .io import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -83,13 +84,10 @@ _SPLIT_ALIASES = {"training": "train", "testing": "test", "val": "validation", "
 
 
 def _normalise_id2label(id2label: Mapping | Sequence[str]) -> dict[int, str]:
-    if isinstance(id2label, Mapping):
-        out = {int(k): str(v) for k, v in id2label.items()}
-    else:
-        out = {i: str(v) for i, v in enumerate(id2label)}
+    out = normalise_id2label(id2label)
     if not out:
         raise LoSamValueError("id2label is empty")
-    return dict(sorted(out.items()))
+    return out
 
 
 def label_feature(id2label: Mapping | Sequence[str]):

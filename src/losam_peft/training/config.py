@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from ..errors import TrainingError
 from ..image_processing_losam import MODES
+from ..labels import normalise_id2label
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -191,7 +192,7 @@ class TrainingConfig:
         for f in dataclasses.fields(self):
             _check_value(f, getattr(self, f.name))
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in dict(self.id2label).items()}
+            self.id2label = normalise_id2label(self.id2label)
 
     def resume_key(self) -> dict:
         """The settings a checkpoint must share with the run that resumes it."""

@@ -26,6 +26,7 @@ from ..data.samples import Sample
 from ..errors import TrainingError
 from ..evaluation import evaluate_adapter
 from ..image_processing_losam import LoSamImageProcessor
+from ..labels import normalise_id2label
 from ..metrics import mean_foreground_dice
 from ..modeling_losam import SamForSemanticSegmentation
 from ..pipeline import LoSamPipeline
@@ -415,7 +416,7 @@ def _broadcast_object(accelerator, obj):
 def _labels_from_model(model) -> dict | None:
     if model is None:
         return None
-    return {int(k): str(v) for k, v in model.config.id2label.items()}
+    return normalise_id2label(model.config.id2label)
 
 
 def _forget_previous_accelerator() -> None:

@@ -8,6 +8,7 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 
 from ..errors import LoSamValueError
+from ..labels import normalise_id2label
 
 LOSAM_PEFT_TYPE = "LOSAM"
 # matches the transformer blocks of a SamVisionEncoder: "layers.0" in the encoder, "vision_encoder.layers.0" in
@@ -65,7 +66,7 @@ class LoSamConfig(PeftConfig):
         if not isinstance(self.reduction, int) or self.reduction < 1:
             raise LoSamValueError(f"LoSamConfig.reduction must be a positive integer, got {self.reduction!r}")
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in dict(self.id2label).items()}
+            self.id2label = normalise_id2label(self.id2label)
             if self.num_labels is None:
                 self.num_labels = len(self.id2label)
         if isinstance(self.target_modules, list):

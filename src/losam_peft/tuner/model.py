@@ -12,6 +12,7 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionLayer
 
 from ..errors import LoSamValueError
+from ..labels import normalise_id2label
 from .config import DEFAULT_TARGET_MODULES, LoSamConfig
 from .layer import LoSamLayer
 
@@ -48,7 +49,7 @@ class LoSamModel(BaseTuner):
             _check_recorded("num_labels", config.num_labels, model_labels, adapter_name)
             config.num_labels = model_labels
             if config.id2label is None:
-                config.id2label = {int(k): str(v) for k, v in model_config.id2label.items()}
+                config.id2label = normalise_id2label(model_config.id2label)
         if config.image_size is None and model_config is not None:
             config.image_size = getattr(model_config, "image_size", None)
         if model_config is not None and hasattr(model_config, "align_corners"):
