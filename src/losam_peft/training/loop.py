@@ -20,7 +20,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from peft import get_peft_model
 
-from ..adapters import save_adapter
+from ..adapters import quiet_peft_deprecations, save_adapter
 from ..atomic import atomic_save, atomic_write_json, check_output_dir
 from ..data.samples import Sample
 from ..errors import TrainingError
@@ -131,7 +131,8 @@ def train(
         losam_config = LoSamConfig(
             reduction=config.reduction, modality=config.modality, task=config.task, base_model_name_or_path=config.base
         )
-        model = get_peft_model(base_model, losam_config)
+        with quiet_peft_deprecations():
+            model = get_peft_model(base_model, losam_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable,
