@@ -385,3 +385,22 @@ def test_the_head_upsampling_travels_with_the_adapter(tmp_path):
     loaded = load_adapter(tiny_model(), tmp_path / "old")
     assert loaded.base_model.model.config.align_corners is False
     assert load_adapter(tiny_model(), tmp_path / "new").base_model.model.config.align_corners is True
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_damaged_adapter_weights_are_one_clear_error(tmp_path, damage):
+    import shutil
+
+    from peft import get_peft_model
+
+    from losam_peft import LoSamConfig, load_adapter
+    from losam_peft.errors import CheckpointError
+
+    folder = tmp_path / "adapter"
+    get_peft_model(tiny_model(), LoSamConfig()).save_pretrained(folder)
+    weights = folder / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"\x00garbage" * 64}[damage])
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
+        load_adapter(tiny_model(), folder)
+    shutil.rmtree(folder)

@@ -8,6 +8,8 @@ import os
 import warnings
 from pathlib import Path
 
+from safetensors import safe_open
+
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME
 from .loading import CheckpointError, resolve_file
 
@@ -35,12 +37,23 @@ def read_adapter_config(adapter: str, **hub_kwargs):
 
 
 def check_adapter_files(adapter: str, **hub_kwargs) -> None:
-    """Refuse an adapter without ``adapter_model.safetensors`` (pickled ``.bin`` weights are never loaded)."""
+    """Refuse an adapter without a readable ``adapter_model.safetensors`` (pickled ``.bin`` weights are never
+    loaded); an empty, truncated or garbage file is a one-line ``CheckpointError`` naming it."""
     folder = Path(str(adapter)).expanduser()
     if folder.is_dir() and not (folder / ADAPTER_WEIGHTS_NAME).is_file():
-        extra = " (it has {ADAPTER_PICKLE_NAME}, which losam-peft does not unpickle)" if (folder / ADAPTER_PICKLE_NAME).exists() else ""
-        raise CheckpointError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{extra}")
-    resolve_file(str(adapter), ADAPTER_WEIGHTS_NAME, **hub_kwargs)
+        pickled = (folder / ADAPTER_PICKLE_NAME).exists()
+        extra = f" (it has {ADAPTER_PICKLE_NAME}, which losam-peft does not unpickle)" if pickled else ""
+        raise CheckpointError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}{extra}", folder)
+    path = resolve_file(str(adapter), ADAPTER_WEIGHTS_NAME, **hub_kwargs)
+    try:
+        with safe_open(path, framework="pt") as handle:
+            keys = list(handle.keys())
+            for key in keys:  # reading every tensor finds a file cut short after its header
+                handle.get_tensor(key)
+    except Exception as err:  # safetensors raises several error types for a damaged file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})", path) from None
+    if not keys:
+        raise CheckpointError(f"{path}: the adapter weights file holds no tensors", path)
 
 
 @contextlib.contextmanager

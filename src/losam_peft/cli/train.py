@@ -40,7 +40,10 @@ def print_training_result(result) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    print_training_result(run_training(args))
+    result = run_training(args)
+    print_training_result(result)
+    if result.interrupted:  # the checkpoint is saved; the shell still learns the run did not finish
+        return 128 + int(result.signal or 2)
     return 0
 
 

@@ -57,6 +57,8 @@ def write_checkpoint(path: Path, model, optimizer, config: TrainingConfig, state
         "config": config.resume_key(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(".checkpoint-*"):  # staging folders of a run that was killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=path.parent))
     try:
         save_file(tensors, staging / CHECKPOINT_WEIGHTS)

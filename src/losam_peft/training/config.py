@@ -234,3 +234,5 @@ class TrainingResult:
     history: list
     seconds: float
     interrupted: bool = False
+    #: the signal that interrupted the run (2 for Ctrl-C, 15 for SIGTERM), when it was interrupted
+    signal: int | None = None

@@ -214,8 +214,9 @@ def train(
             f"{err}; training stopped and the last good checkpoint is kept in {output_dir / CHECKPOINT_DIR} "
             "(lower --learning-rate, or try --mixed-precision fp16 with loss scaling / no)"
         ) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         state["interrupted"] = True
+        signum = getattr(interruption, "signum", signal.SIGINT)
         save_checkpoint()
         if bar is not None:
             bar.close()
@@ -225,7 +226,7 @@ def train(
                 flush=True,
             )
         return TrainingResult(
-            output_dir, state["step"], None, None, state["history"], time.perf_counter() - started, True
+            output_dir, state["step"], None, None, state["history"], time.perf_counter() - started, True, int(signum)
         )
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -453,7 +454,9 @@ def _config_record(config: TrainingConfig, max_steps: int, world: int, image_siz
 
 def _install_sigterm_handler():
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        interruption = KeyboardInterrupt(f"signal {signum}")
+        interruption.signum = signum
+        raise interruption
 
     try:
         return signal.signal(signal.SIGTERM, handler)
