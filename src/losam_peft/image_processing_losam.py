@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from .constants import IGNORE_INDEX  # noqa: F401  (re-exported)
 from .errors import DataError, ImageTooLargeError, LoSamValueError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,7 +52,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_MEAN = (0.5, 0.5, 0.5)
 PAPER_STD = (0.5, 0.5, 0.5)
 MODES = ("sam", "paper")
-IGNORE_INDEX = 255
 
 #: Images larger than this many pixels are refused (PIL's own decompression-bomb limit,
 #: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` ~ 179 MP, applies as well: the smaller limit wins).

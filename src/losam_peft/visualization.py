@@ -146,7 +146,7 @@ def comparison_panel(
     rgb = _rgb8(image)
     height, width = rgb.shape[:2]
     truth = np.asarray(ground_truth)
-    truth = np.where(truth == 255, 0, truth).astype(np.int64)
+    truth = np.where(truth == 255, 0, truth).astype(np.int64)  # constants.IGNORE_INDEX (this module: numpy/PIL only)
     predicted = np.asarray(prediction).astype(np.int64)
     for name, array in (("ground truth", truth), ("prediction", predicted)):
         if array.shape != (height, width):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import IGNORE_INDEX
 from ..image_processing_losam import decode_array
 from ..visualization import palette
 from .io import DataError, binary_mask, open_image
@@ -58,8 +59,8 @@ def read_mask(path: str | os.PathLike, num_labels: int | None = None) -> np.ndar
     if values.size <= 2:
         return binary_mask(image, path).astype(np.uint8)
     array = np.asarray(image if image.mode in ("P", "L", "I;16", "I") else image.convert("L")).astype(np.int64)
-    limit = num_labels if num_labels is not None else 255
-    bad = np.unique(array[(array >= limit) & (array != 255)])
+    limit = num_labels if num_labels is not None else IGNORE_INDEX
+    bad = np.unique(array[(array >= limit) & (array != IGNORE_INDEX)])
     if bad.size:
         raise DataError(
             f"{path}: mask values {bad[:8].tolist()} are outside the label set 0..{limit - 1} (255 = ignore); "
