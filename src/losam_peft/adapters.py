@@ -10,13 +10,15 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from .atomic import write_staged
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME
 from .loading import CheckpointError, resolve_file
+from .model_card import write_model_card
+from .tuner import LOSAM_PEFT_TYPE, LoSamConfig
 
 
 def read_adapter_config(adapter: str, **hub_kwargs):
     """The ``LoSamConfig`` of an adapter folder or Hub repository."""
-    from .tuner import LOSAM_PEFT_TYPE, LoSamConfig
 
     path = resolve_file(str(adapter), ADAPTER_CONFIG_NAME, **hub_kwargs)
     try:
@@ -109,8 +111,6 @@ def save_adapter(
     Everything is written into a staging folder beside ``output_dir`` first and then moved into place file by file
     with ``os.replace``, so an interruption never leaves a half-written adapter file behind.
     """
-    from .atomic import write_staged
-    from .model_card import write_model_card
 
     def write(staging: Path) -> None:
         # save_embedding_layers=False: LoSAM has no embedding layers, and PEFT's "auto" would query the Hub

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputExistsError
+
 
 def current_umask() -> int:
     """The process's umask (read by setting and restoring it)."""
@@ -102,7 +104,6 @@ def json_default(value):
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """``path`` as a folder that can be created or written into: refuses a path that is a file, or that lies under a
     file, before any work is done (``OutputExistsError`` naming it)."""
-    from .errors import OutputExistsError
 
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
@@ -126,7 +127,6 @@ def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, wha
     output without ``overwrite``; and, even with ``overwrite``, a folder this package did not write (no
     :data:`OUTPUT_MARKER` in it). Returns the resolved output path.
     """
-    from .errors import OutputExistsError
 
     out = Path(output).expanduser().resolve()
     for item in inputs:

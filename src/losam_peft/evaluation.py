@@ -55,6 +55,7 @@ from .data import DATASETS, folder, label_info
 from .data.samples import Sample, id2label_of, sample_from_row
 from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
+from .image_processing_losam import to_rgb8
 from .labels import normalise_id2label
 from .metrics import (
     SegmentationMetricAccumulator,
@@ -63,6 +64,7 @@ from .metrics import (
     per_image_rows,
 )
 from .pipeline import LoSamPipeline
+from .visualization import comparison_panel
 
 __all__ = [
     "LabelMismatchError",
@@ -448,8 +450,6 @@ def _safe_name(text: str) -> str:
 
 
 def _write_overlay(path: Path, sample, prediction, fov, pipe, title: str, dice: float) -> None:
-    from .image_processing_losam import to_rgb8
-    from .visualization import comparison_panel
 
     canvas = comparison_panel(
         to_rgb8(sample.image),

@@ -12,9 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .adapters import read_adapter_config
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME, CARD_NAME, IMAGE_PROCESSOR_NAME
 from .data.tags import normalise_modality, normalise_task
 from .errors import AdapterFolderError, HubError, LoSamValueError
+from .loading import CheckpointError
 from .model_card import ADAPTER_PLACEHOLDER, is_hub_id
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,6 @@ def is_connection_error(err: BaseException) -> bool:
 
 def check_adapter_folder(folder: str | os.PathLike) -> Path:
     """Make sure ``folder`` holds a LoSAM adapter with weights and a model card; a clear error per problem."""
-    from .adapters import read_adapter_config
-    from .loading import CheckpointError
 
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -116,7 +116,6 @@ def push_adapter(
         raise LoSamValueError(f"{repo_id!r} is not a valid Hub repository id (expected ORG/NAME): {err}") from None
     if "/" not in repo_id:
         raise LoSamValueError(f"repo_id must be ORG/NAME (or USER/NAME), got {repo_id!r}")
-    from .adapters import read_adapter_config
 
     base = read_adapter_config(str(folder)).base_model_name_or_path
     local_base = bool(base) and (os.path.isabs(str(base)) or Path(str(base)).expanduser().exists())

@@ -34,8 +34,11 @@ from transformers.models.sam.modeling_sam import SamLayerNorm, SamPreTrainedMode
 from transformers.utils import logging
 
 from .configuration_losam import LoSamSegmentationConfig
+from .constants import ADAPTER_CONFIG_NAME
 from .errors import CheckpointError, LoSamError, LoSamValueError
+from .fast_path import disable_fast_path, enable_fast_path
 from .labels import normalise_id2label
+from .loading import checkpoint_weight_shapes, load_vision_config, resize_encoder_state_dict, resolve_file
 
 logger = logging.get_logger(__name__)
 
@@ -165,7 +168,6 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
     # -- fast path -------------------------------------------------------------------------------------------------
     def set_fast_path(self, enabled: bool) -> None:
         """Switch the encoder between the fused-attention fast path and transformers' stock attention."""
-        from .fast_path import disable_fast_path, enable_fast_path
 
         (enable_fast_path if enabled else disable_fast_path)(self.vision_encoder)
         self.config.use_fast_path = bool(enabled)
@@ -177,7 +179,6 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
         The absolute position embedding is resized bicubically and the global-attention layers' relative position
         tables linearly (windowed layers keep theirs); ``config.image_size`` follows.
         """
-        from .loading import resize_encoder_state_dict
 
         _check_image_size(image_size, self.config)
         image_size = int(image_size)
@@ -341,7 +342,6 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
             for key in ("revision", "cache_dir", "token", "local_files_only", "force_download")
             if kwargs.get(key) is not None
         }
-        from .loading import checkpoint_weight_shapes, load_vision_config
 
         # the configuration: the checkpoint's (any SAM flavour, normalised) or the one given
         if config is None:
@@ -436,8 +436,6 @@ def _adapter_peft_type(peft_model_id, kwargs: Mapping) -> str | None:
         return None if value is None else str(getattr(value, "value", value))
     if peft_model_id is None:
         return None
-    from .constants import ADAPTER_CONFIG_NAME
-    from .loading import resolve_file
 
     hub = {k: kwargs.get(k) for k in ("revision", "token", "cache_dir") if kwargs.get(k) is not None}
     try:

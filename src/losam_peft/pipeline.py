@@ -29,10 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .adapters import check_adapter_files, load_adapter, read_adapter_config
 from .errors import LoSamValueError
+from .fast_path import default_autocast_dtype
 from .image_processing_losam import LoSamImageProcessor, decode_array, decode_image, to_rgb8
 from .labels import normalise_id2label
 from .loading import CheckpointError
+from .modeling_losam import SamForSemanticSegmentation
 from .tiling import tiled_probabilities
 from .visualization import label_map_to_pil, overlay, palette
 
@@ -170,9 +173,6 @@ class LoSamPipeline:
                 ``base`` is not given).
             token, cache_dir, local_files_only: passed to ``huggingface_hub``.
         """
-        from .adapters import check_adapter_files, load_adapter, read_adapter_config
-        from .modeling_losam import SamForSemanticSegmentation
-
         folder = resolve_adapter_folder(
             adapter, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
         )
@@ -465,10 +465,6 @@ def _resolve_device(device) -> torch.device:
 def _resolve_dtype(dtype, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or ``None`` for plain float32."""
     if dtype is None or (isinstance(dtype, str) and dtype.lower() == "auto"):
-        try:
-            from .fast_path import default_autocast_dtype
-        except ImportError:  # pragma: no cover - another engineer's module, optional
-            return None
         chosen = default_autocast_dtype(device)
         return None if chosen in (None, torch.float32) else chosen
     if isinstance(dtype, str):

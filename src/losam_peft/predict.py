@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from .data.io import split_image_name
 from .errors import LoSamValueError, PredictionError
 from .image_processing_losam import decode_array
 
@@ -64,7 +65,6 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 # -- inputs ------------------------------------------------------------------------------------------------------------
 def _is_image_name(name: str) -> bool:
-    from .data.io import split_image_name
 
     return split_image_name(name) is not None
 
@@ -135,7 +135,6 @@ def _stem(path: Path) -> str:
     Depends only on the file and its folder, not on which inputs a run was given, so ``resume`` finds the same
     names whatever subset of a folder an earlier run covered.
     """
-    from .data.io import split_image_name
 
     split = split_image_name(path.name)
     if not split:

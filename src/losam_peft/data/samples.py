@@ -18,6 +18,7 @@ from ..constants import IGNORE_INDEX
 from ..image_processing_losam import decode_array
 from ..visualization import palette
 from .io import DataError, binary_mask, open_image
+from .loaders import label_info
 
 
 @dataclass
@@ -143,8 +144,6 @@ def sample_from_row(row, index: int = 0) -> Sample:
 
 def id2label_of(dataset) -> dict[int, str] | None:
     """Label names stored with a dataset by the loaders or the synthetic generator."""
-    from .loaders import label_info
-
     try:
         return label_info(dataset)
     except Exception:
