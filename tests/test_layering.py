@@ -14,7 +14,7 @@ PACKAGE = "losam_peft"
 ROOT = Path(losam_peft.__file__).parent
 
 #: modules with no imports from the package besides each other: anything may import them
-LEAVES = {"losam_peft.errors", "losam_peft.constants", "losam_peft.labels", "losam_peft.visualization"}
+LEAVES = {"losam_peft.errors", "losam_peft.constants", "losam_peft.labels", "losam_peft.validation", "losam_peft.visualization"}
 #: the bottom layers and what they may import (besides themselves and the leaves)
 BOTTOM = {
     "losam_peft.data": {"losam_peft.image_processing_losam", "losam_peft.atomic"},

@@ -445,3 +445,20 @@ def test_accelerate_decides_the_precision_when_none_is_given(tmp_path, base_dir,
     config = TrainingConfig(output_dir=str(tmp_path / "run2"), base=str(base_dir), max_steps=1, log_with="none")
     train(config, _samples(), progress=False)
     assert json.loads((tmp_path / "run2" / "train_config.json").read_text())["mixed_precision"] == "no"
+
+
+def test_a_config_built_in_python_refuses_what_the_command_line_refuses():
+    # one range check for both: a NaN learning rate slipped through every comparison before
+    for bad in ({"learning_rate": float("nan")}, {"learning_rate": 0.0}, {"epochs": 0}, {"seed": -1}):
+        with pytest.raises(TrainingError):
+            TrainingConfig(output_dir="x", **bad)
+
+
+def test_val_fraction_holds_out_training_images_deterministically(synthetic_folder):
+    from losam_peft.data.sources import load_training_data
+
+    first = load_training_data(train_dir=str(synthetic_folder / "train"), val_fraction=0.5)
+    again = load_training_data(train_dir=str(synthetic_folder / "train"), val_fraction=0.5)
+    train_ids, val_ids = [s.id for s in first.train], [s.id for s in first.val]
+    assert len(val_ids) == 1 and len(train_ids) == 1 and not set(train_ids) & set(val_ids)
+    assert val_ids == [s.id for s in again.val] and first.val_source == "val_fraction"

@@ -136,8 +136,7 @@ def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, wha
         if out == source or source.is_relative_to(out) or out.is_relative_to(source):
             relation = "is" if out == source else ("contains" if source.is_relative_to(out) else "lies inside")
             raise OutputExistsError(f"{out}: the {what} {relation} the input {source}; choose another folder", out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: the {what} is an existing file, not a folder", out)
+    check_output_dir(out, what)
     if out.exists():
         if not overwrite:
             raise OutputExistsError(f"{out} exists already; pass overwrite=True (--overwrite) to replace it", out)

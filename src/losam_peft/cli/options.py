@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from ..validation import out_of_range
 
 
 def _base_type(annotation) -> Any:
@@ -33,21 +34,9 @@ def checked(kind: type, metadata: Mapping[str, Any], flag: str) -> Callable[[str
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
-        low, high = metadata.get("min"), metadata.get("max")
-        above, below = metadata.get("above"), metadata.get("below")
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least {low}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"{flag} must be at most {high}, got {text}")
-        if above is not None and not value > above:
-            raise argparse.ArgumentTypeError(f"{flag} must be greater than {above}, got {text}")
-        if below is not None and not value < below:
-            raise argparse.ArgumentTypeError(f"{flag} must be less than {below}, got {text}")
-        step = metadata.get("multiple_of")
-        if step and value % step:
-            raise argparse.ArgumentTypeError(f"{flag} must be a multiple of {step}, got {text}")
+        problem = out_of_range(value, metadata)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{flag} {problem}")
         return value
 
     return parse

@@ -741,6 +741,12 @@ def load_group(group: str | DatasetGroup, roots: Mapping[str, Any], *, skip_bad:
     return {"train": one(group.train), "test": {m.name: one(m) for m in group.test}}
 
 
+def seeded_order(ids, seed: int, salt: str = "") -> list[int]:
+    """Positions of ``ids`` in a deterministic order that depends only on ``seed`` (and ``salt``) and each id:
+    ranked by ``sha256(f"{seed}:{salt}{id}")``, independent of file order, platform and library versions."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{int(seed)}:{salt}{ids[i]}".encode()).hexdigest())
+
+
 def select_shots(dataset, k: int, seed: int = 0):
     """Draw ``k`` training images deterministically: returns ``(subset, ids)``.
 
@@ -760,7 +766,7 @@ def select_shots(dataset, k: int, seed: int = 0):
         raise LoSamValueError(f"cannot draw {k} shots from {len(ids)} samples")
     if len(set(ids)) != len(ids):
         raise LoSamValueError("sample ids are not unique")
-    rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{int(seed)}:{ids[i]}".encode()).hexdigest())
+    rank = seeded_order(ids, seed)
     chosen = rank[:k]
     subset = dataset.select(chosen)
     picked = [ids[i] for i in chosen]

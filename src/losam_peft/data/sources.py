@@ -13,7 +13,6 @@ takes the same forms with ``eval_*``; with a ``dataset`` and an ``eval_split`` t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Optional
 from datasets import DatasetDict
 
 from ..errors import DataError
-from .loaders import folder, load, select_shots
+from .loaders import folder, load, seeded_order, select_shots
 from .samples import Sample, id2label_of, read_pair, samples_from_dataset
 from .specs import DATASETS
 from .tags import normalise_modality, normalise_task
@@ -245,8 +244,8 @@ def _validation(o: DataOptions, train: list[Sample], id2label, num_labels, datas
                 f"val_fraction {o.val_fraction} of {len(train)} training image(s) leaves no validation image or "
                 "no training image"
             )
-        order = sorted(train, key=lambda s: hashlib.sha256(f"{o.shot_seed}:val:{s.id}".encode()).hexdigest())
-        held = {s.id for s in order[:count]}
+        order = seeded_order([s.id for s in train], o.shot_seed, salt="val:")
+        held = {train[i].id for i in order[:count]}
         return [s for s in train if s.id not in held], [s for s in train if s.id in held], "val_fraction"
     return train, None, None
 

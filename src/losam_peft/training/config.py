@@ -23,6 +23,7 @@ from typing import Any, Optional
 from ..errors import TrainingError
 from ..image_processing_losam import MODES
 from ..labels import normalise_id2label
+from ..validation import out_of_range
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -206,21 +207,9 @@ class TrainingConfig:
 
 def _check_value(f: dataclasses.Field, value) -> None:
     """The field's ``choices`` and range metadata, as the command line checks them."""
-    if value is None:
-        return
-    meta = f.metadata
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise TrainingError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
-    if low is not None and value < low:
-        raise TrainingError(f"{f.name} must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise TrainingError(f"{f.name} must be at most {high}, got {value}")
-    if above is not None and not value > above:
-        raise TrainingError(f"{f.name} must be greater than {above}, got {value}")
+    problem = out_of_range(value, f.metadata)
+    if problem:
+        raise TrainingError(f"{f.name} {problem}")
 
 
 @dataclass
