@@ -28,6 +28,7 @@ from losam_peft.data import (
     load_group,
     select_shots,
 )
+from losam_peft.errors import LabelMismatchError
 
 try:  # tests/ as a package or as a plain folder on sys.path
     from . import fixtures_datasets as fx
@@ -598,3 +599,328 @@ def test_interop_with_the_synthetic_module(tmp_path):
     assert label_info(ds) == names and len(ds) == 2
     for row, sample in zip(ds, samples):
         np.testing.assert_array_equal(arr(row["label"]), sample.mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data trust (issue #11 item 13, #15 item 4): split-local loading, every missing file named, files closed,
+# saved datasets and Hub ids wherever a named dataset is, options and labels checked
+# --------------------------------------------------------------------------------------------------
+
+
+def test_one_split_loads_when_another_split_lacks_files(tmp_path):
+    root = build("drive", tmp_path)["root"]
+    complete = load("drive", root, split="test")["id"]
+    (root / "training" / "images" / "22_training.tif").unlink()  # its mask and FOV are left dangling
+    (root / "training" / "1st_manual" / "21_manual1.gif").unlink()  # an image without its mask
+    test = load("drive", root, split="test")
+    assert test["id"] == complete == ["01_test", "02_test", "03_test"]
+    from losam_peft.data.sources import load_dataset_split
+
+    assert len(load_dataset_split("drive", str(root), None, default="test")) == 3
+    with pytest.raises(DatasetLayoutError, match=r"21_training.*missing mask"):
+        load("drive", root, split="train")
+    with pytest.raises(DatasetLayoutError, match=r"21_training.*missing mask"):
+        load("drive", root)  # all splits: the problem of the training split is reported
+    # OCTA-500 assigns splits by subject id: the test subject loads without the training subject's labels
+    octa = build("octa500_3m", tmp_path)["root"]
+    (octa / "OCTA_3M" / "GT_LargeVessel" / "10301.bmp").unlink()
+    assert load("octa500_3m", octa, split="test")["id"] == ["10451"]
+    with pytest.raises(DatasetLayoutError, match="10301"):
+        load("octa500_3m", octa, split="train")
+
+
+def test_ids_do_not_depend_on_the_split_asked_for(tmp_path):
+    root = build("fives", tmp_path)["root"]  # stems repeat across splits: ids are qualified by split
+    whole = load("fives", root)
+    assert load("fives", root, split="test")["id"] == whole["test"]["id"] == ["test_1_A", "test_2_G"]
+    assert load("fives", root, split="train")["id"] == whole["train"]["id"]
+
+
+def test_every_missing_file_is_named_in_one_layout_error(tmp_path):
+    root = build("drive", tmp_path)["root"]
+    gone = [
+        root / "training" / "1st_manual" / "21_manual1.gif",
+        root / "training" / "mask" / "22_training_mask.gif",
+        root / "test" / "1st_manual" / "01_manual1.gif",
+        root / "test" / "mask" / "01_test_mask.gif",
+        root / "test" / "1st_manual" / "03_manual1.gif",
+    ]
+    for path in gone:
+        path.unlink()
+    with pytest.raises(DatasetLayoutError) as info:
+        load("drive", root)
+    error = info.value
+    text = str(error)
+    assert error.path == root.resolve() and text.startswith(str(root.resolve()))
+    assert "4 DRIVE image(s) cannot be used" in text
+    for stem in ("21_manual1", "22_training_mask", "01_manual1", "01_test_mask", "03_manual1"):
+        assert stem in text, stem
+    assert "missing mask" in text and "missing FOV mask" in text
+    assert sorted(sample for sample, _ in error.problems) == ["01_test", "03_test", "21_training", "22_training"]
+    with pytest.raises(DatasetLayoutError) as only_test:
+        load("drive", root, split="test")
+    assert "(split 'test')" in str(only_test.value) and "21_manual1" not in str(only_test.value)
+    with pytest.warns(SkippedFileWarning):  # skip_bad still skips them one by one
+        assert load("drive", root, split="test", skip_bad=True)["id"] == ["02_test"]
+
+
+def test_a_long_list_of_missing_files_is_capped(tmp_path):
+    from losam_peft.data.loaders import MAX_LISTED_PROBLEMS
+
+    root = tmp_path / "many"
+    for i in range(MAX_LISTED_PROBLEMS + 5):
+        fx.write(root / "images" / f"img{i:02d}.png", fx.fundus(i))
+    fx.write(root / "masks" / "img00.png", fx.vessels(0))
+    with pytest.raises(DatasetLayoutError) as info:
+        folder(root)
+    text = str(info.value)
+    missing = MAX_LISTED_PROBLEMS + 4
+    assert f"{missing} folder many image(s) cannot be used" in text and "and 4 more" in text
+    assert "img01.png" in text and f"img{MAX_LISTED_PROBLEMS:02d}.png" in text
+    assert f"img{MAX_LISTED_PROBLEMS + 1:02d}.png" not in text  # beyond the cap: counted, not listed
+    assert len(info.value.problems) == missing
+
+
+def _resource_warnings(action):
+    """Run ``action`` and return the ResourceWarnings it causes (also those raised while collecting garbage)."""
+    import gc
+    import warnings
+
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always", ResourceWarning)
+            result = action()
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    found = [str(w.message) for w in record if issubclass(w.category, ResourceWarning)]
+    found += [repr(u.exc_value) for u in unraisable if isinstance(u.exc_value, ResourceWarning)]
+    return result, found
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning")
+def test_image_files_are_closed_after_reading(tmp_path):
+    from losam_peft.data.samples import read_mask, samples_from_dataset
+
+    root = build("drive", tmp_path)["root"]
+    gifs = sorted(root.rglob("*.gif"))
+    assert gifs and any(ld.open_image(p).format == "GIF" for p in gifs)
+
+    def read_all():
+        images = [ld.open_image(p) for p in gifs]
+        masks = [read_mask(p) for p in gifs]
+        samples = samples_from_dataset(load("drive", root, split="test"))
+        return len(images), len(masks), len(samples)
+
+    counts, leaks = _resource_warnings(read_all)
+    assert counts == (len(gifs), len(gifs), 3)
+    assert leaks == []
+
+
+@pytest.mark.skipif(not (SHARED / "DRIVE").is_dir(), reason="../shared/data/DRIVE not present")
+@pytest.mark.filterwarnings("error::ResourceWarning")
+def test_real_drive_gifs_are_closed_after_reading():
+    from losam_peft.data.samples import samples_from_dataset
+
+    gifs = sorted((SHARED / "DRIVE").rglob("*.gif"))
+    assert len(gifs) >= 60  # 1st_manual, 2nd_manual and mask GIFs
+
+    def read_all():
+        opened = [ld.open_image(p).size for p in gifs]
+        return opened, samples_from_dataset(load("drive", SHARED / "DRIVE", split="test"))
+
+    (sizes, samples), leaks = _resource_warnings(read_all)
+    assert set(sizes) == {(565, 584)} and len(samples) == 20 and samples[0].fov is not None
+    assert leaks == []
+
+
+def test_convert_writes_a_label_description_that_train_and_evaluate_read_back(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from losam_peft.data.sources import load_training_data
+    from losam_peft.evaluation import load_evaluation_data
+
+    root = build("octa500_3m", tmp_path)["root"]
+    names = {0: "background", 1: "artery", 2: "vein"}
+    out = convert("octa500_3m", root, tmp_path / "av", label="artery_vein")
+    assert json.loads((out / "id2label.json").read_text()) == {"0": "background", "1": "artery", "2": "vein"}
+    assert DatasetCard.load(out / "README.md").data.to_dict()["id2label"] == {"0": "background", "1": "artery",
+                                                                               "2": "vein"}  # fmt: skip
+    data = load_training_data(dataset=str(out), eval_dataset=str(out), eval_split="test")
+    assert data.id2label == names and [s.id for s in data.train] == ["10301"] and [s.id for s in data.eval] == ["10451"]
+    assert (data.modality, data.task, data.datasets) == ("octa", "vessels", ["octa500_3m"])
+    assert set(np.unique(data.train[0].label)) <= {0, 1, 2}
+    dataset, id2label, _ = load_evaluation_data(dataset=str(out), options={})
+    assert id2label == names and dataset["id"] == ["10451"]  # the default evaluation split is test
+    # the same from the parquet layout (a folder of data files)
+    parquet = convert("octa500_3m", root, tmp_path / "av-parquet", label="artery_vein", format="parquet")
+    assert load_evaluation_data(dataset=str(parquet), split="validation")[1] == names
+    # --labels that agree are fine; that disagree are a LabelMismatchError naming both
+    assert load_training_data(dataset=str(out), labels=["background", "Artery", "vein"]).id2label[1] == "Artery"
+    with pytest.raises(LabelMismatchError, match=r"background, vessel\).*\(background, artery, vein\)"):
+        load_training_data(dataset=str(out), labels=["background", "vessel"])
+    with pytest.raises(LabelMismatchError, match="disagree"):
+        convert("octa500_3m", root, tmp_path / "bad", labels=["background", "capillary"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_any_save_to_disk_folder_with_image_and_mask_columns(tmp_path):
+    from losam_peft.data.sources import load_training_data
+
+    images = [fx.fundus(i) for i in range(3)]
+    masks = [fx.vessels(i) // 255 for i in range(3)]
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["healthy", "sick"])})  # fmt: skip
+    plain = datasets.Dataset.from_dict({"image": images, "mask": masks, "label": [0, 1, 0]}, features=features)
+    datasets.DatasetDict({"train": plain, "test": plain.select([2])}).save_to_disk(str(tmp_path / "plain"))
+    data = load_training_data(dataset=str(tmp_path / "plain"), eval_dataset=str(tmp_path / "plain"))
+    assert [s.id for s in data.train] == ["train-00000", "train-00001", "train-00002"]
+    assert [s.id for s in data.eval] == ["test-00000"] and data.datasets == ["plain"]
+    np.testing.assert_array_equal(data.train[1].label, masks[1])  # the mask column, not the image-level label
+    assert data.id2label is None  # no names anywhere: the caller decides (--labels / --num-labels)
+    assert load_training_data(dataset=str(tmp_path / "plain"), labels=["bg", "lesion"]).id2label == {0: "bg",
+                                                                                                    1: "lesion"}  # fmt: skip
+    (tmp_path / "plain" / "id2label.json").write_text('{"0": "background", "1": "lesion"}')
+    assert load_training_data(dataset=str(tmp_path / "plain")).id2label == {0: "background", 1: "lesion"}
+    with pytest.raises(LabelMismatchError):
+        load_training_data(dataset=str(tmp_path / "plain"), labels=["background", "vessel"])
+    with pytest.raises(ValueError, match="takes no dataset options"):
+        load_training_data(dataset=str(tmp_path / "plain"), dataset_options={"mask_threshold": 128})
+    with pytest.raises(DatasetLayoutError, match=r"no split 'validation'; its splits are \['train', 'test'\]"):
+        load_training_data(dataset=str(tmp_path / "plain"), split="validation")
+    # a training split never stands in for the evaluation data asked for by default
+    datasets.DatasetDict({"train": plain}).save_to_disk(str(tmp_path / "train-only"))
+    with pytest.raises(DatasetLayoutError, match="only the split 'train', no 'test' split"):
+        load_training_data(dataset=str(tmp_path / "plain"), eval_dataset=str(tmp_path / "train-only"))
+    # folders that are not saved datasets, and masks that are not images
+    fx.write(tmp_path / "raw" / "images" / "a.png", fx.fundus(0))
+    with pytest.raises(DatasetLayoutError, match="not a saved dataset.*--train-dir"):
+        load_training_data(dataset=str(tmp_path / "raw"))
+    no_masks = datasets.Dataset.from_dict({"image": images[:1], "label": [1]},
+                                          features=datasets.Features({"image": datasets.Image(),
+                                                                      "label": datasets.Value("int64")}))  # fmt: skip
+    no_masks.save_to_disk(str(tmp_path / "classification"))
+    with pytest.raises(DataError, match=r"no mask column.*label \(Value\)"):
+        load_training_data(dataset=str(tmp_path / "classification"))
+    with pytest.raises(DataError, match="unknown dataset 'drvie'.*Hub dataset id"):
+        load_training_data(dataset="drvie", data_root=str(tmp_path))
+
+
+def test_a_hub_dataset_id_is_accepted_and_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub import DatasetCard
+
+    from losam_peft.data.sources import load_training_data
+    from losam_peft.errors import HubError
+
+    local = tmp_path / "files" / "data"  # a "data files" folder standing in for the Hub repository
+    local.mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    rows = {"image": [fx.fundus(i) for i in range(2)], "annotation": [fx.vessels(i) // 255 for i in range(2)]}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(local / "train-00000-of-00001.parquet"))
+    real_load = datasets.load_dataset
+    asked = []
+
+    def fake_load(path, *args, **kwargs):
+        asked.append(path)
+        return real_load(str(tmp_path / "files")) if path == "someone/retina-vessels" else real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(OSError("404")))
+    card = DatasetCard("---\nlicense: cc-by-4.0\nid2label:\n  '0': background\n  '1': vessel\n---\ncard")
+    monkeypatch.setattr(DatasetCard, "load", classmethod(lambda cls, repo_id, **k: card))
+    data = load_training_data(dataset="someone/retina-vessels")
+    assert asked == ["someone/retina-vessels"] and data.datasets == ["someone/retina-vessels"]
+    assert data.id2label == {0: "background", 1: "vessel"} and len(data.train) == 2  # names from the card
+    with pytest.raises(LabelMismatchError):
+        load_training_data(dataset="someone/retina-vessels", labels=["background", "artery"])
+    # offline (as here): one clear error naming the id and what to do
+    monkeypatch.setattr(datasets, "load_dataset", real_load)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match=r"nobody/no-such-data: could not load this Hub dataset.*local copy"):
+        load_training_data(dataset="nobody/no-such-data")
+
+
+def test_unknown_dataset_options_are_refused_naming_the_known_ones(tmp_path):
+    from losam_peft.data.sources import load_training_data
+    from losam_peft.errors import LoSamError
+
+    drive = build("drive", tmp_path)["root"]
+    with pytest.raises(TypeError, match=r"drive: unknown option\(s\) \['foo'\]; known options: DRIVE has none of its own; "
+                       r"every dataset's: mask_threshold, derive_fov, max_pixels, cache_dir"):  # fmt: skip
+        load("drive", drive, foo=1)
+    with pytest.raises(LoSamError, match=r"unknown option\(s\) \['plexus'\]; known options: ROSE-1's own: subset"):
+        load_training_data(dataset="rose1", data_root=str(drive), dataset_options={"plexus": "DVC"})
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['mask'\]; .*label_map, label_names, mask_name"):
+        folder(drive / "training", mask="x")
+    for option, value, message in (("max_pixels", "lots", "max_pixels must be a number"),
+                                   ("max_pixels", 0.5, "positive whole number"),
+                                   ("mask_threshold", "half", "mask_threshold must be a number"),
+                                   ("derive_fov", "maybe", "derive_fov must be true or false")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            load("drive", drive, split="test", **{option: value})
+    assert len(load("drive", drive, split="test", max_pixels=10_000.0, derive_fov="false")) == 3
+
+
+def test_cli_dataset_options_and_labels_are_checked(tmp_path, capsys):
+    from losam_peft.cli import main
+
+    drive = build("drive", tmp_path)["root"]
+    out = tmp_path / "out"
+    base = ["data", "convert", "--dataset", "drive", "--data-root", str(drive), "--output-dir", str(out)]
+    assert main([*base, "--dataset-option", "foo=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: drive: unknown option(s) ['foo']; known options:") and "mask_threshold" in err
+    for labels, message in (("background", "at least two"), ("background,vessel,Vessel", "must be unique")):
+        assert main([*base, "--labels", labels]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*base, "--labels", "background,artery"]) == 2
+    assert "disagree" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--split", "test", "--labels", "background,vessel"]) == 0
+    saved = str(out)
+    assert main(["train", "--dataset", saved, "--labels", "background,artery", "--output-dir", str(tmp_path / "a")]) == 2
+    assert "disagree with the labels" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_label_names_must_be_unique_and_at_least_two():
+    from losam_peft.labels import normalise_id2label, parse_label_names
+
+    assert parse_label_names("background, vessel,") == {0: "background", 1: "vessel"}
+    assert normalise_id2label({"1": "vessel", "0": "background"}) == {0: "background", 1: "vessel"}
+    for bad, message in (
+        (["background"], "at least two"),
+        ({}, "at least two"),
+        (["background", "vessel", "vessel"], "must be unique"),
+        ({0: "background", "00": "x"}, "ids must be unique"),
+        (["background", " "], "must not be empty"),
+        ({-1: "ignore", 0: "background"}, "non-negative"),
+        ({"a": "x"}, "must be integers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            normalise_id2label(bad)
+    with pytest.raises(ValueError, match="must be unique"):
+        parse_label_names("background,a,b,a")
+
+
+def test_more_than_255_labels_are_refused_for_8_bit_label_masks(tmp_path):
+    root = tmp_path / "many-classes"
+    fx.write(root / "images" / "a.png", fx.fundus(0))
+    fx.write(root / "masks" / "a.png", fx.vessels(0))
+    names = ["background", *(f"class {i}" for i in range(1, 256))]  # 256 classes: ids 0..255
+    with pytest.raises(ValueError, match="256 classes, but label masks are stored as 8-bit PNGs.*at most 255"):
+        folder(root, label_names=names)
+    with pytest.raises(ValueError, match="at most 255"):
+        convert("folder", root, tmp_path / "out", labels=names)
+    assert not (tmp_path / "out").exists()
+    (root / "id2label.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
+    with pytest.raises(ValueError, match=r"id2label.json.*256 classes"):
+        folder(root)
+    (root / "id2label.json").unlink()
+    with pytest.raises(ValueError, match=r"class id 300 .* not an integer in 0..254"):
+        folder(root, label_map={255: 300})
+    assert label_info(folder(root, label_names=names[:255], label_map={0: 0, 255: 254}))[254] == "class 254"

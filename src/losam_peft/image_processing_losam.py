@@ -74,7 +74,10 @@ def _read_source(path: Path, max_pixels: int):
         if len(data) > cap:
             raise ImageTooLargeError(f"{path}: decompresses to more than {cap} bytes", path)
         return io.BytesIO(data)
-    return path
+    # read the file in one go and close it: PIL keeps a file it opened itself open after ``load()`` for formats
+    # that may hold several frames (GIF, TIFF), which leaks a handle (a ResourceWarning) per image
+    with open(path, "rb") as fh:
+        return io.BytesIO(fh.read())
 
 
 def open_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:

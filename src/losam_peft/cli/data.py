@@ -6,6 +6,7 @@ import argparse
 
 from ..data.loaders import convert
 from ..errors import LoSamValueError
+from ..labels import parse_label_names
 from .common import add_dataset_options, dataset_options
 
 
@@ -27,6 +28,10 @@ def add_data_parser(sub) -> None:
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: a private repository")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable files with a warning")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--labels", default=None, metavar="NAMES",
+                        help="class names, e.g. background,vessel: for 'folder' the names of its class ids (default: "
+                        "its id2label.json, else background,foreground); for a named dataset they must agree with "
+                        "its own")  # fmt: skip
     add_dataset_options(parser)
     parser.set_defaults(func=run_convert)
 
@@ -38,6 +43,12 @@ def run_convert(args: argparse.Namespace) -> int:
         raise LoSamValueError("name the dataset and where it is: --dataset NAME --data-root ROOT")
     if not args.output_dir:
         raise LoSamValueError("say where the converted dataset goes: --output-dir DIR")
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = parse_label_names(args.labels)
+        except LoSamValueError as exc:
+            raise LoSamValueError(f"--labels {args.labels!r}: {exc}") from None
     out = convert(
         name,
         root,
@@ -48,6 +59,7 @@ def run_convert(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         format=args.format,
         overwrite=args.overwrite,
+        labels=labels,
         **dataset_options(args),
     )
     print(f"wrote {name} to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))

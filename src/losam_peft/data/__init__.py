@@ -4,8 +4,9 @@
 (class ids), ``fov``, ``id`` and metadata columns; label names are stored with the data
 (``label_info(ds)`` reads them back). ``DATASETS`` describes every dataset, ``DATASET_GROUPS`` the
 paper's zero-shot protocol; ``select_shots`` draws K training images; ``convert`` writes a dataset
-to disk (and the Hub) with a dataset card. The synthetic generator lives in ``.synthetic`` and is
-imported on first use.
+to disk (and the Hub) with a dataset card and its label description (``id2label.json``);
+``load_saved`` reads such a folder (or any ``save_to_disk`` folder, or a Hub dataset id) back. The
+synthetic generator lives in ``.synthetic`` and is imported on first use.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .io import (
 )
 from .loaders import (
     LABEL_NAMES_KEY,
+    LABELS_FILE,
     attach_label_names,
     convert,
     dataset_card,
@@ -30,14 +32,17 @@ from .loaders import (
     label_info,
     load,
     load_group,
+    read_labels_file,
     select_shots,
 )
+from .saved import load_saved
 from .specs import DATASET_GROUPS, DATASETS, DatasetGroup, DatasetSpec, Files, GroupMember, Mask
 
 __all__ = [
     "DATASETS",
     "DATASET_GROUPS",
     "DEFAULT_MAX_PIXELS",
+    "LABELS_FILE",
     "LABEL_NAMES_KEY",
     "DataError",
     "DatasetGroup",
@@ -56,7 +61,9 @@ __all__ = [
     "label_info",
     "load",
     "load_group",
+    "load_saved",
     "open_image",
+    "read_labels_file",
     "select_shots",
 ]
 

@@ -15,7 +15,11 @@ feature carries ``id = '{"id2label": {"0": "background", ...}}'``, which survive
 parquet, ``map``/``select``/``filter`` and the Hub's README features; ``Dataset.info.description`` holds
 the same (plus provenance) as JSON under the key ``"losam_peft"``, which survives ``save_to_disk`` and
 ``cast_column``. :func:`label_info` reads either back (and also a top-level ``"id2label"`` in the
-description, as ``synthetic.to_dataset`` writes it).
+description, as ``synthetic.to_dataset`` writes it). :func:`convert` also writes them to ``id2label.json`` in its
+output folder and to the ``id2label`` entry of the dataset card, which is where they survive on the Hub.
+
+Missing files: pairing checks only the split asked for (a missing file of another split does not stop it), and
+every image that lacks a file is named in one :class:`DatasetLayoutError` (its ``problems`` list holds them all).
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from ..atomic import check_replaceable, mark_output
-from ..constants import CARD_NAME
-from ..errors import LoSamTypeError, LoSamValueError
+from ..constants import CARD_NAME, IGNORE_INDEX
+from ..errors import LabelMismatchError, LoSamTypeError, LoSamValueError
 from ..labels import normalise_id2label
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -75,6 +79,10 @@ LABEL_NAMES_KEY = "losam_peft"
 _FORMAT_VERSION = 2  # 2: high-bit-depth and float images stored as the image decoder reads them
 #: Options every dataset accepts (besides the spec's own variants, e.g. ``label=`` for OCTA-500).
 ENGINE_OPTIONS = ("mask_threshold", "derive_fov", "max_pixels", "cache_dir")
+#: Label masks are 8-bit PNGs of class ids with ``IGNORE_INDEX`` (255) left for "ignore": ids 0..254.
+MAX_STORED_LABELS = IGNORE_INDEX
+#: The ``folder`` loader's own options (its keyword arguments).
+FOLDER_OPTIONS = ("images", "masks", "fov", "image_pattern", "mask_name", "fov_name", "label_map", "label_names")
 _SPLIT_ALIASES = {"training": "train", "testing": "test", "val": "validation", "valid": "validation"}
 
 
@@ -140,6 +148,41 @@ def attach_label_names(dataset, id2label: Mapping | Sequence[str], /, **metadata
         dataset.info, id2label={str(k): v for k, v in names.items()}, **metadata
     )
     return dataset
+
+
+#: The label description written into a converted dataset's folder (and read back by ``folder`` and
+#: ``load_saved``): ``{"0": "background", "1": "vessel"}``, the ``id2label.json`` of Hub segmentation datasets.
+LABELS_FILE = "id2label.json"
+#: Key of the same description in a converted dataset's card (YAML), where the Hub keeps it.
+CARD_LABELS_KEY = "id2label"
+
+
+def labels_from_payload(payload) -> dict[int, str]:
+    """``id2label`` from a JSON label description: ``{"0": "background", ...}``, ``{"id2label": {...}}`` or a
+    ``datasets.ClassLabel``-like ``{"names": [...]}`` / list of names."""
+    if isinstance(payload, Mapping) and isinstance(payload.get("id2label"), (Mapping, list)):
+        payload = payload["id2label"]
+    elif isinstance(payload, Mapping) and isinstance(payload.get("names"), list):
+        payload = payload["names"]
+    return _normalise_id2label(payload)
+
+
+def read_labels_file(path) -> dict[int, str]:
+    """``id2label`` of a label description file (see :func:`labels_from_payload`); errors name the file."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON label description ({exc})", path) from None
+    try:
+        return labels_from_payload(payload)
+    except LoSamValueError as exc:
+        raise DataError(f"{path}: {exc}", path) from None
+
+
+def labels_payload(id2label) -> dict[str, str]:
+    """The JSON form of ``id2label`` written next to datasets: ``{"0": "background", "1": "vessel"}``."""
+    return {str(k): v for k, v in _normalise_id2label(id2label).items()}
 
 
 def label_info(dataset) -> dict[int, str]:
@@ -280,20 +323,50 @@ def _expected(spec: DatasetSpec, files: Files, groups, split_regex) -> str:
     return f"{_fill_name(spec, files.name, groups)}.* in a folder matching {dirs!r}"
 
 
+#: How many unusable samples one layout error lists before it says "and N more".
+MAX_LISTED_PROBLEMS = 20
+
+
 class _Problems:
-    """Collects bad samples: raise at once, or (skip_bad) warn per file and count."""
+    """Collects unusable samples found while pairing files: with ``skip_bad`` each is skipped with a warning and
+    counted; otherwise all of them are gathered and :meth:`check` raises one :class:`DatasetLayoutError` that names
+    every one (the first :data:`MAX_LISTED_PROBLEMS`, then how many more)."""
 
     def __init__(self, name: str, skip_bad: bool):
         self.name, self.skip_bad, self.skipped = name, skip_bad, []
+        self.pending: list[tuple[str, DataError]] = []
 
     def __call__(self, sample_id: str, error: DataError):
         if not self.skip_bad:
-            raise error
+            self.pending.append((sample_id, error))
+            return
         self.skipped.append((sample_id, str(error)))
         warnings.warn(f"{self.name}: skipping {sample_id}: {error}", SkippedFileWarning, stacklevel=3)
 
+    def check(self, root: Path, title: str, split: str | None) -> None:
+        if not self.pending:
+            return
+        prefix = f"{root}{os.sep}"
+        listed = [str(error).replace(prefix, "") for _, error in self.pending[:MAX_LISTED_PROBLEMS]]
+        more = len(self.pending) - len(listed)
+        where = f" (split {split!r})" if split not in (None, "all") else ""
+        error = DatasetLayoutError(
+            f"{root}: {len(self.pending)} {title} image(s){where} cannot be used (paths relative to the root): "
+            + "; ".join(listed)
+            + (f"; and {more} more" if more else "")
+            + ". Restore the files, or leave these images out with skip_bad",
+            root,
+        )
+        error.problems = [(sample_id, str(err)) for sample_id, err in self.pending]
+        raise error
 
-def _plan(spec: DatasetSpec, root: Path, problems: _Problems) -> dict[str | None, list[_Sample]]:
+
+def _plan(
+    spec: DatasetSpec, root: Path, problems: _Problems, wanted: str | None = None
+) -> dict[str | None, list[_Sample]]:
+    """Pair every image with its files. Only images of split ``wanted`` (``None``/``"all"``: every split) are paired
+    and checked, so a missing file of another split does not stop this one; the split names found are keys of the
+    result either way (empty lists for the splits not wanted)."""
     index = _index(root)
     split_dirs: Mapping[str | None, str | None] = spec.splits or {None: None}
     found: list[tuple[str | None, str | None, _Entry, dict[str, str]]] = []
@@ -317,36 +390,41 @@ def _plan(spec: DatasetSpec, root: Path, problems: _Problems) -> dict[str | None
             f"{spec.layout or spec.images.dirs}",
             root,
         )
+    every = wanted in (None, "all")
 
     samples: dict[str | None, list[_Sample]] = defaultdict(list)
+    stems: dict[str, set] = defaultdict(set)  # over every split found, so ids do not depend on the split asked for
     seen: dict[tuple[str | None, str], str] = {}
     for split, split_regex, entry, groups in found:
         if spec.id_splits:
             num = int(groups.get("num") or -1)
             split = next((s for s, (lo, hi) in spec.id_splits.items() if lo <= num <= hi), None)
             if split is None:
-                problems(
-                    entry.stem,
-                    DataError(
-                        f"{entry.path}: subject id {num} is outside {spec.title}'s "
-                        f"official split ranges {dict(spec.id_splits)}",
-                        entry.path,
-                    ),
-                )
+                if every:  # outside every official split: an image of no split asked for otherwise
+                    problems(
+                        entry.stem,
+                        DataError(
+                            f"{entry.path}: subject id {num} is outside {spec.title}'s "
+                            f"official split ranges {dict(spec.id_splits)}",
+                            entry.path,
+                        ),
+                    )
                 continue
+        stems[entry.stem.lower()].add(split)
+        samples.setdefault(split, [])
+        if not every and split != wanted:
+            continue
         key = (split, entry.stem.lower())
         if key in seen:
             raise DataError(f"{spec.name}: duplicate image {entry.stem!r}: {seen[key]} and {entry.path}", entry.path)
         seen[key] = entry.path
         try:
+            lacking = []
             masks = []
             for mask in spec.masks:
                 path = _find(spec, index, mask.files, split_regex, groups, entry)
                 if path is None and not mask.optional:
-                    raise DataError(
-                        f"{entry.path}: missing mask (expected {_expected(spec, mask.files, groups, split_regex)})",
-                        entry.path,
-                    )
+                    lacking.append(f"missing mask (expected {_expected(spec, mask.files, groups, split_regex)})")
                 masks.append((mask, path))
             extras = {
                 col: (m, _find(spec, index, m.files, split_regex, groups, entry)) for col, m in spec.extras.items()
@@ -355,10 +433,9 @@ def _plan(spec: DatasetSpec, root: Path, problems: _Problems) -> dict[str | None
             if spec.fov is not None:
                 fov = _find(spec, index, spec.fov, split_regex, groups, entry)
                 if fov is None:
-                    raise DataError(
-                        f"{entry.path}: missing FOV mask (expected {_expected(spec, spec.fov, groups, split_regex)})",
-                        entry.path,
-                    )
+                    lacking.append(f"missing FOV mask (expected {_expected(spec, spec.fov, groups, split_regex)})")
+            if lacking:
+                raise DataError(f"{entry.path}: " + ", ".join(lacking), entry.path)
             if spec.require_any_mask and all(p is None for _, p in [*masks, *extras.values()]):
                 raise DataError(f"{entry.path}: no ground-truth file found for this image", entry.path)
         except DataError as exc:
@@ -370,12 +447,9 @@ def _plan(spec: DatasetSpec, root: Path, problems: _Problems) -> dict[str | None
             meta[column] = str(mapping.get(value.lower(), value)) if mapping else value
         meta.update(spec.constants)
         samples[split].append(_Sample(entry.stem, split, entry.path, masks, fov, extras, meta))
+    problems.check(root, spec.title, wanted)
 
     # ids are the image stems, qualified by split only when stems repeat across splits
-    stems = defaultdict(set)
-    for split, items in samples.items():
-        for s in items:
-            stems[s.id.lower()].add(split)
     if any(len(v) > 1 for v in stems.values()):
         for split, items in samples.items():
             for s in items:
@@ -546,10 +620,16 @@ _NAME_ALIASES = {
 }
 
 
-def _get_spec(name: str) -> DatasetSpec:
-    key = name.lower().replace("-", "_")
+def registry_name(name: str) -> str | None:
+    """The ``DATASETS`` key of ``name`` (any case, ``-`` for ``_``, aliases such as ``chasedb1``), else ``None``."""
+    key = str(name).lower().replace("-", "_")
     key = _NAME_ALIASES.get(key, key)
-    if key not in DATASETS:
+    return key if key in DATASETS else None
+
+
+def _get_spec(name: str) -> DatasetSpec:
+    key = registry_name(name)
+    if key is None:
         raise LoSamValueError(f"unknown dataset {name!r}; known: {sorted([*DATASETS, 'folder'])}")
     return DATASETS[key]
 
@@ -566,8 +646,9 @@ def _load_spec(spec: DatasetSpec, root, split, *, skip_bad: bool, engine: Mappin
         if split not in valid:
             hint = "" if spec.has_splits else f" ({spec.title} has no official splits)"
             raise LoSamValueError(f"{spec.name}: unknown split {split!r}; use None or one of {list(valid)}{hint}")
+    _check_label_count(spec.title, len(spec.labels))
     problems = _Problems(spec.name, skip_bad)
-    plan = _plan(spec, root, problems)
+    plan = _plan(spec, root, problems, split)
     id2label = dict(enumerate(spec.labels))
     settings = {
         "name": spec.name,
@@ -610,14 +691,49 @@ def _load_spec(spec: DatasetSpec, root, split, *, skip_bad: bool, engine: Mappin
     return result
 
 
-def _split_options(spec: DatasetSpec, options: Mapping[str, Any]):
-    engine = {k: v for k, v in options.items() if k in ENGINE_OPTIONS}
-    variants = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
-    unknown = set(variants) - set(spec.variants)
+def _known_options(spec: DatasetSpec, extra: Sequence[str] = ()) -> str:
+    own = [*spec.variants, *extra]
+    mine = f"{spec.title}'s own: {', '.join(sorted(own))}" if own else f"{spec.title} has none of its own"
+    return f"known options: {mine}; every dataset's: {', '.join(ENGINE_OPTIONS)}"
+
+
+def _engine_value(spec: DatasetSpec, key: str, value):
+    """Check one engine option's value (options from the command line arrive as text or numbers)."""
+    if value is None:
+        return None
+    if key == "derive_fov":
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise LoSamValueError(f"{spec.name}: derive_fov must be true or false, got {value!r}")
+        return bool(value)
+    if key == "cache_dir":
+        if not isinstance(value, (str, os.PathLike)):
+            raise LoSamValueError(f"{spec.name}: cache_dir must be a folder path, got {value!r}")
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not np.isfinite(number):
+        raise LoSamValueError(f"{spec.name}: {key} must be a number, got {value!r}")
+    if key == "max_pixels":
+        if number < 1 or number != int(number):
+            raise LoSamValueError(f"{spec.name}: max_pixels must be a positive whole number of pixels, got {value!r}")
+        return int(number)
+    return number  # mask_threshold: value >= threshold is foreground
+
+
+def _split_options(spec: DatasetSpec, options: Mapping[str, Any], extra: Sequence[str] = ()):
+    """``(engine, variants)`` of a load's ``options``; an option the dataset does not know (or an engine option with
+    a value it cannot take) is an error naming the options it knows."""
+    unknown = sorted(k for k in options if k not in ENGINE_OPTIONS and k not in spec.variants and k not in extra)
     if unknown:
         raise LoSamTypeError(
-            f"{spec.name}: unknown option(s) {sorted(unknown)}; valid: {sorted([*spec.variants, *ENGINE_OPTIONS])}"
+            f"{spec.name}: unknown option(s) {unknown}; " + _known_options(spec, extra)
         )
+    engine = {k: _engine_value(spec, k, v) for k, v in options.items() if k in ENGINE_OPTIONS}
+    variants = {k: v for k, v in options.items() if k in spec.variants}
     resolved = {k: variants.get(k, spec.defaults.get(k)) for k in spec.variants}
     return engine, resolved
 
@@ -648,6 +764,29 @@ def load(name: str, root, split: str | None = None, *, skip_bad: bool = False, *
     spec = _get_spec(name)
     engine, variants = _split_options(spec, options)
     return _load_spec(spec.resolve(**variants), root, split, skip_bad=skip_bad, engine=engine, variants=variants)
+
+
+def _check_label_count(what: str, count: int) -> None:
+    if count > MAX_STORED_LABELS:
+        raise LoSamValueError(
+            f"{what}: {count} classes, but label masks are stored as 8-bit PNGs of class ids 0..{MAX_STORED_LABELS - 1} "
+            f"({IGNORE_INDEX} = ignore): at most {MAX_STORED_LABELS} classes"
+        )
+
+
+def _checked_label_map(label_map) -> dict:
+    """``label_map`` of the ``folder`` loader: stored values (or ``(r, g, b)`` colours) -> class ids 0..254."""
+    if not isinstance(label_map, Mapping) or not label_map:
+        raise LoSamValueError(f"label_map must map stored mask values to class ids, got {label_map!r}")
+    out = {}
+    for key, value in label_map.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < IGNORE_INDEX:
+            raise LoSamValueError(
+                f"label_map: class id {value!r} (for {key!r}) is not an integer in 0..{IGNORE_INDEX - 1}; label masks "
+                f"are stored as 8-bit class ids with {IGNORE_INDEX} = ignore, so at most {MAX_STORED_LABELS} classes"
+            )
+        out[key] = int(value)
+    return out
 
 
 def folder(
@@ -694,18 +833,33 @@ def folder(
         prefix = re.escape(root.name) + ("/{split}" if split_names else "")
         return prefix if sub == "." else f"{prefix}/{re.escape(sub)}"
 
-    names_file = root / "id2label.json"  # written by losam_peft.data.synthetic.save_folder
+    names_file = root / LABELS_FILE  # written by losam_peft.data.synthetic.save_folder and by convert
+    where_names = "label_names"
     if label_names is None and names_file.is_file():
-        label_names = json.loads(names_file.read_text())
-        if label_map is None and len(label_names) > 2:  # multi-class masks hold the class ids themselves
-            label_map = {int(k): int(k) for k in label_names}
+        label_names, where_names = read_labels_file(names_file), str(names_file)
     if label_names is not None:
-        names = tuple(_normalise_id2label(label_names).values())
+        try:
+            numbered = _normalise_id2label(label_names)
+        except LoSamValueError as exc:
+            raise LoSamValueError(f"{where_names}: {exc}") from None
+        if list(numbered) != list(range(len(numbered))):
+            raise LoSamValueError(f"{where_names}: class ids must be 0..{len(numbered) - 1}, got {list(numbered)}")
+        _check_label_count(f"{where_names} ({root})", len(numbered))
+        if label_map is None and len(numbered) > 2:  # multi-class masks hold the class ids themselves
+            label_map = {k: k for k in numbered}
+    if label_map is not None:
+        label_map = _checked_label_map(label_map)
+    if label_names is not None:
+        names = tuple(numbered.values())
     elif label_map is None:
         names = ("background", "foreground")
     else:
         top = max(int(v) for v in label_map.values())
         names = ("background", *(f"class_{i}" for i in range(1, top + 1)))
+    if label_map is not None and max(label_map.values()) >= len(names):
+        raise LoSamValueError(
+            f"label_map maps to class {max(label_map.values())}, but only {len(names)} classes are named ({names})"
+        )
     spec = DatasetSpec(
         name="folder",
         title=f"folder {root.name}",
@@ -720,7 +874,7 @@ def folder(
         description=f"Images and masks read from {root}.",
         layout=f"{rel['images']}/<name>.png and {rel['masks']}/{mask_name}.png",
     )
-    engine, _ = _split_options(spec, options)
+    engine, _ = _split_options(spec, options, FOLDER_OPTIONS)
     variants = {"images": rel["images"], "masks": rel["masks"], "fov": rel["fov"], "mask_name": mask_name}
     return _load_spec(spec, root, split, skip_bad=skip_bad, engine=engine, variants=variants)
 
@@ -820,6 +974,7 @@ def dataset_card(dataset, spec: DatasetSpec | str | None = None, *, parquet_layo
         extra["configs"] = [
             {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}
         ]
+    extra[CARD_LABELS_KEY] = labels_payload(id2label)  # the labels, where the Hub keeps them (read by load_saved)
     data = DatasetCardData(
         license=license_id,
         pretty_name=title,
@@ -929,6 +1084,7 @@ def convert(
     format: str = "arrow",
     overwrite: bool = False,
     token: str | None = None,
+    labels: Mapping | Sequence[str] | None = None,
     **options,
 ) -> Path:
     """Load ``name`` from ``root`` and write it to ``out_dir`` with a dataset card (``README.md``).
@@ -938,11 +1094,27 @@ def convert(
     Image bytes are embedded, so the output does not depend on ``root``. The write is atomic: a temporary
     sibling folder renamed into place (an existing ``out_dir`` needs ``overwrite=True``).
     ``push_to_hub="user/name"`` then uploads it (``private``, ``token``) and its card.
+
+    The label names go with the data three ways, so that ``losam train/evaluate --dataset OUT_DIR`` (or the Hub id)
+    reads them back: in the ``label`` feature and ``info.description`` (see :func:`attach_label_names`), in
+    ``OUT_DIR/id2label.json`` (``{"0": "background", "1": "vessel"}``) and in the card's ``id2label`` entry.
+    ``labels``: class names (list or ``{id: name}``); for ``folder`` they name its class ids (its ``label_names``),
+    for a named dataset they must agree with the dataset's own (else :class:`LabelMismatchError`).
     """
     if format not in ("arrow", "parquet"):
         raise LoSamValueError(f"format must be 'arrow' or 'parquet', not {format!r}")
     out = check_replaceable(out_dir, [root], overwrite=overwrite, what="converted dataset")
+    wanted = _normalise_id2label(labels) if labels is not None else None
+    if wanted is not None and name.lower() == "folder":
+        if options.get("label_names") is not None and _normalise_id2label(options["label_names"]) != wanted:
+            raise LoSamValueError("give the folder's class names once: labels or label_names, not both")
+        options = {**options, "label_names": wanted}
     ds = load(name, root, split, skip_bad=skip_bad, **options)
+    if wanted is not None and label_info(ds) != wanted:
+        raise LabelMismatchError(
+            f"{name}: the labels given ({', '.join(wanted.values())}) disagree with the dataset's own "
+            f"({', '.join(label_info(ds).values())})"
+        )
     spec = None if name.lower() == "folder" else _get_spec(name)
     card = dataset_card(ds, spec, parquet_layout=format == "parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -954,6 +1126,8 @@ def convert(
             tmp.mkdir()
             _write_parquet(ds, tmp)
         card.save(tmp / CARD_NAME)
+        labels = json.dumps(labels_payload(label_info(ds)), ensure_ascii=False, indent=1) + "\n"
+        (tmp / LABELS_FILE).write_text(labels, encoding="utf-8")
         mark_output(tmp, "dataset")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")

@@ -20,9 +20,11 @@ from typing import Any, Optional
 
 from datasets import DatasetDict
 
-from ..errors import DataError
-from .loaders import folder, load, seeded_order, select_shots
+from ..errors import DataError, LabelMismatchError
+from ..labels import is_generic_label, normalise_id2label
+from .loaders import folder, load, registry_name, seeded_order, select_shots
 from .samples import Sample, id2label_of, read_pair, samples_from_dataset
+from .saved import load_saved, saved_kind, saved_provenance
 from .specs import DATASETS
 from .tags import normalise_modality, normalise_task
 
@@ -41,7 +43,11 @@ class DataOptions:
         default=None, metadata={"help": "few-shot: a folder with images/ and masks/ paired by file name"}
     )
     dataset: Optional[str] = field(
-        default=None, metadata={"help": "a dataset name (losam_peft.data.DATASETS) or 'folder', with --data-root"}
+        default=None,
+        metadata={
+            "help": "a dataset name (losam_peft.data.DATASETS) or 'folder', with --data-root; or a saved dataset "
+            "folder (losam data convert, save_to_disk) or a Hub dataset id (owner/name), without --data-root"
+        },
     )
     data_root: Optional[str] = field(default=None, metadata={"help": "where the dataset's download is unpacked"})
     split: Optional[str] = field(default=None, metadata={"help": "dataset split to train on (default: train, or all)"})
@@ -69,6 +75,10 @@ class DataOptions:
     eval_dataset: Optional[str] = field(default=None, metadata={"help": "a dataset name for evaluation"})
     eval_data_root: Optional[str] = field(default=None, metadata={"help": "its root (default: the data root)"})
     eval_split: Optional[str] = field(default=None, metadata={"help": "its split (default: test when it exists)"})
+    labels: Optional[dict] = field(
+        default=None,
+        metadata={"help": "class names the user gave (--labels); they must agree with the names the data carries"},
+    )
 
 
 @dataclass
@@ -95,14 +105,22 @@ def load_dataset_split(
     default: str = "train",
     options: Mapping[str, Any] | None = None,
 ):
-    """One ``datasets.Dataset`` of a named dataset: ``split``, else ``default`` when the dataset has that split."""
-    if name != "folder" and name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, folder")
+    """One ``datasets.Dataset`` of a named dataset: ``split``, else ``default`` when the dataset has that split.
+
+    ``name`` may also be a saved dataset folder (``losam data convert``, ``save_to_disk``, data files) or a Hub
+    dataset id (``owner/name``); those need no ``root`` (it is not used) and carry their own label names."""
+    if saved_kind(name) is not None:
+        return load_saved(name, split, default=default, options=options)
+    if name != "folder" and registry_name(name) is None:
+        raise DataError(
+            f"unknown dataset {name!r}: not one of {', '.join(sorted(DATASETS))}, folder; not an existing saved "
+            "dataset folder; not a Hub dataset id (owner/name)"
+        )
     if not root:
         raise DataError(f"the dataset {name} needs a data root (where its download is unpacked)")
     if not Path(root).exists():
         raise DataError(f"{root}: the data root of {name} does not exist", root)
-    spec = DATASETS.get(name)
+    spec = DATASETS.get(registry_name(name) or "")
     if split is None and spec is not None and spec.has_splits:
         split = default if default in spec.split_names else None
     loaded = load(name, root, split, skip_bad=skip_bad, **dict(options or {}))
@@ -135,12 +153,44 @@ def _select(dataset, shots: int | None, seed: int):
     return subset
 
 
-def _dataset_meta(name: str | None):
-    """The dataset's modality and task as short tags (``fundus``, ``vessels``) for adapter configs and cards."""
-    spec = DATASETS.get(name) if name else None
-    if spec is None:
-        return None, None
-    return normalise_modality(spec.modality), normalise_task(spec.task)
+def _dataset_meta(name: str | None, dataset=None):
+    """The dataset's modality and task as short tags (``fundus``, ``vessels``) for adapter configs and cards, and
+    the name it is recorded under: the registry name; for a saved dataset the name of the dataset it was converted
+    from (else the folder's name), for a Hub dataset its id."""
+    key = registry_name(name) if name else None
+    spec = DATASETS.get(key) if key else None
+    if spec is not None:
+        return normalise_modality(spec.modality), normalise_task(spec.task), key
+    kind = saved_kind(name) if name else None
+    if kind is None or dataset is None:
+        return None, None, name
+    meta = saved_provenance(dataset)
+    origin = meta.get("dataset")
+    if kind == "hub":
+        recorded = name
+    elif isinstance(origin, str) and origin in DATASETS:
+        recorded = origin
+    else:
+        recorded = Path(name).expanduser().resolve().name
+    return normalise_modality(meta.get("modality")), normalise_task(meta.get("task")), recorded
+
+
+def _agreed_labels(given, found, source: str) -> dict[int, str] | None:
+    """The class names of a run: the data's, checked against the names the user gave (``labels``). Different names
+    (or counts) are a :class:`LabelMismatchError`; generic names in the data (``foreground``, ``class_2``: a folder
+    without a label description) take the user's names."""
+    given = normalise_id2label(given) if given is not None else None
+    if given is None or found is None:
+        return given or found
+    generic = all(is_generic_label(n) for i, n in found.items() if i != 0)
+    if len(given) != len(found) or (
+        not generic and [n.lower() for n in given.values()] != [n.lower() for n in found.values()]
+    ):
+        raise LabelMismatchError(
+            f"the labels given ({', '.join(given.values())}) disagree with the labels {source} carries "
+            f"({', '.join(found.values())}); leave out --labels to use the data's, or fix the label description"
+        )
+    return given
 
 
 def load_training_data(options: DataOptions | None = None, *, num_labels: int | None = None, **settings) -> TrainingData:
@@ -158,8 +208,10 @@ def load_training_data(options: DataOptions | None = None, *, num_labels: int | 
         if not (o.train_image and o.train_mask):
             raise DataError("one-shot training needs both train_image and train_mask")
         if o.shots is not None:
-            raise DataError("shots draws images from a dataset or folder; it has no meaning with train_image")
-        train = [read_pair(o.train_image, o.train_mask, num_labels)]
+            raise DataError("shots (--shots) draws images from a dataset or folder; it has no meaning with train_image")
+        labels = len(o.labels) if o.labels else num_labels
+        train = [read_pair(o.train_image, o.train_mask, labels)]
+        id2label = normalise_id2label(o.labels) if o.labels else None
     else:
         if o.train_dir:
             dataset = load_folder(o.train_dir, skip_bad=o.skip_bad)
@@ -167,9 +219,9 @@ def load_training_data(options: DataOptions | None = None, *, num_labels: int | 
             dataset = load_dataset_split(
                 o.dataset, o.data_root, o.split, skip_bad=o.skip_bad, default="train", options=o.dataset_options
             )
-            modality, task = _dataset_meta(o.dataset)
-            datasets.append(o.dataset)
-        id2label = id2label_of(dataset)
+            modality, task, recorded = _dataset_meta(o.dataset, dataset)
+            datasets.append(recorded)
+        id2label = _agreed_labels(o.labels, id2label_of(dataset), o.train_dir or o.dataset)
         dataset = _select(dataset, o.shots, o.shot_seed)
         train = samples_from_dataset(dataset)
     if not train:
@@ -186,14 +238,13 @@ def load_training_data(options: DataOptions | None = None, *, num_labels: int | 
         name = o.eval_dataset or o.dataset
         root = o.eval_data_root or o.data_root
         same = name == o.dataset
-        evaluation = samples_from_dataset(
-            load_dataset_split(
-                name, root, o.eval_split, skip_bad=o.skip_bad, default="test",
-                options=o.dataset_options if same else None,
-            )  # fmt: skip
+        loaded = load_dataset_split(
+            name, root, o.eval_split, skip_bad=o.skip_bad, default="test", options=o.dataset_options if same else None
         )
-        if name not in datasets:
-            datasets.append(name)
+        evaluation = samples_from_dataset(loaded)
+        recorded = _dataset_meta(name, loaded)[2]
+        if recorded not in datasets:
+            datasets.append(recorded)
     if evaluation is not None and not evaluation:
         raise DataError("the evaluation set is empty")
     train, validation, val_source = _validation(o, train, id2label, num_labels, datasets)
@@ -232,8 +283,9 @@ def _validation(o: DataOptions, train: list[Sample], id2label, num_labels, datas
         root = o.val_data_root or o.data_root
         loaded = load_dataset_split(name, root, o.val_split, skip_bad=o.skip_bad, default="validation",
                                     options=o.dataset_options if name == o.dataset else None)  # fmt: skip
-        if name not in datasets:
-            datasets.append(name)
+        recorded = _dataset_meta(name, loaded)[2]
+        if recorded not in datasets:
+            datasets.append(recorded)
         return train, samples_from_dataset(loaded), f"{name} ({o.val_split or 'validation'})"
     if o.val_fraction is not None:
         if not 0.0 < o.val_fraction < 1.0:
