@@ -80,3 +80,52 @@ def test_convert_never_replaces_its_input_or_a_foreign_folder(tmp_path):
     assert (out / "README.md").is_file() and _snapshot(tmp_path / "data") == {
         p: h for p, h in before.items() if str(p).startswith(str(tmp_path / "data"))
     }
+
+
+def test_output_lock_refuses_a_second_holder_and_names_the_owner(tmp_path):
+    import json
+
+    import pytest
+
+    from losam_peft.atomic import LOCK_NAME, output_lock
+    from losam_peft.errors import OutputExistsError
+
+    out = tmp_path / "out"
+    with output_lock(out) as lock:
+        assert lock == out / LOCK_NAME and json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(OutputExistsError, match=rf"{out} is being written by another run \(pid {os.getpid()}"):
+            with output_lock(out):
+                pass
+        assert lock.is_file()  # the refused run leaves the holder's lock alone
+    assert not (out / LOCK_NAME).exists()
+    with output_lock(out):  # released: free again
+        pass
+
+
+def test_output_lock_takes_over_a_stale_lock_of_a_dead_process(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from losam_peft.atomic import LOCK_NAME, output_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": "here", "started": "long ago"}))  # killed holder
+    with output_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_output_lock_refuses_a_file(tmp_path):
+    import pytest
+
+    from losam_peft.atomic import output_lock
+    from losam_peft.errors import OutputExistsError
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(OutputExistsError, match="existing file"):
+        with output_lock(tmp_path / "f"):
+            pass

@@ -254,3 +254,30 @@ def test_a_second_run_leaves_no_overlays_of_the_first(pipe, tmp_path):
     evaluate_adapter(pipe, samples[:1], VESSEL, tmp_path / "out", progress=False, num_overlays=1)
     overlays = sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir())
     assert len(overlays) == 2, overlays
+
+
+def test_skip_bad_records_the_skipped_files_in_results_json(tmp_path, saved_adapter, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from losam_peft.cli import main as cli_main
+
+    adapter, base = saved_adapter
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        Image.fromarray((rng.random((40, 40)) > 0.5).astype(np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    (tmp_path / "images" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code = cli_main(["evaluate", "--adapter", str(adapter), "--base", str(base), "--images", str(tmp_path / "images"),
+                     "--masks", str(tmp_path / "masks"), "--output-dir", str(tmp_path / "out"), "--skip-bad",
+                     "--quiet"])  # fmt: skip
+    assert code == 0
+    assert "skipped 1 unusable image" in capsys.readouterr().out
+    info = json.loads((tmp_path / "out" / "results.json").read_text())["evaluation"]
+    assert info["num_images"] == 1
+    assert [entry["id"] for entry in info["skipped"]] == ["b"]
+    assert "b.png" in info["skipped"][0]["reason"]

@@ -163,3 +163,17 @@ def test_push_refuses_a_local_base_unless_its_hub_id_is_given(tmp_path, monkeypa
     assert seen["config"]["base_model_name_or_path"] == "facebook/sam-vit-base"
     assert seen["card"].data.base_model == "facebook/sam-vit-base"
     assert str(base) not in seen["card"].text
+
+
+def test_push_license_sets_the_uploaded_card_s_licence(adapter, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+
+    def upload_folder(self, **kwargs):
+        seen["card"] = (kwargs["folder_path"] / "README.md").read_text()
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    push_adapter(adapter, "someone/losam-octa", license="cc-by-4.0")
+    card = ModelCard(seen["card"])
+    assert card.data.license == "cc-by-4.0" and "Licence of this adapter: `cc-by-4.0`." in card.text
+    assert ModelCard.load(adapter / "README.md").data.license is None  # the local card keeps its own

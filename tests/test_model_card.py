@@ -168,3 +168,71 @@ def test_the_card_says_how_the_saved_step_was_chosen():
     assert "saved step: 8" in text and "validation data (val_dir)" in text
     text, _ = _training_markdown({"shots": ["a"], "selection": {"by": "final step", "step": 32}})
     assert "the final step (32)" in text
+
+
+# -- #11.7: the card whoever writes it, licences -----------------------------------------------------------------------
+def test_plain_peft_save_pretrained_writes_a_losam_card(tmp_path):
+    from helpers import tiny_model
+    from peft import get_peft_model
+
+    from losam_peft import LoSamConfig
+
+    base = tiny_model()
+    base.name_or_path = "facebook/sam-vit-base"  # as from_pretrained("facebook/sam-vit-base") records it
+    model = get_peft_model(base, LoSamConfig(modality="fundus", task="vessels"))
+    model.save_pretrained(tmp_path / "plain")
+    card = ModelCard.load(tmp_path / "plain" / "README.md")
+    assert card.data.library_name == "peft"
+    assert card.data.pipeline_tag == "image-segmentation"
+    assert card.data.base_model == "facebook/sam-vit-base"
+    assert {"losam", "image-segmentation", "fundus", "vessels"} <= set(card.data.tags)
+    # a local base stays out of the YAML (the Hub accepts repository ids only)
+    base = tiny_model()
+    base.name_or_path = str(tmp_path)
+    local = get_peft_model(base, LoSamConfig())
+    local.save_pretrained(tmp_path / "local")
+    card = ModelCard.load(tmp_path / "local" / "README.md")
+    assert card.data.base_model is None and not any(str(t).startswith("base_model:") for t in card.data.tags)
+    assert card.data.pipeline_tag == "image-segmentation" and "losam" in card.data.tags
+
+
+def test_other_peft_types_keep_peft_s_own_card(tmp_path):
+    from helpers import tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(), LoraConfig(target_modules=["qkv"], r=2))
+    model.save_pretrained(tmp_path / "lora")
+    card = ModelCard.load(tmp_path / "lora" / "README.md")
+    assert "losam" not in (card.data.tags or []) and card.data.pipeline_tag is None
+
+
+def test_card_states_the_licence_and_the_datasets_with_theirs():
+    card = build_model_card(_config(), base_model="facebook/sam-vit-base", datasets=["drive", "someone/retinas"],
+                            license="cc-by-nc-4.0", metrics=METRICS)  # fmt: skip
+    assert card.data.license == "cc-by-nc-4.0"
+    assert card.data.datasets == ["someone/retinas"]  # only Hub ids in the YAML
+    text = str(card)
+    assert "Licence of this adapter: `cc-by-nc-4.0`" in text
+    assert "- DRIVE: licence DRIVE terms of use" in text and "someone/retinas" in text
+    assert "unnamed" not in text
+    unlicensed = str(build_model_card(_config(), base_model=None, metrics={**METRICS, "dataset": None}))
+    assert "none was stated" in unlicensed and "unnamed" not in unlicensed
+    assert "no dataset name was recorded" in unlicensed
+
+
+def test_training_records_the_licence_in_the_card(tmp_path):
+    import torch
+    from helpers import tiny_config
+
+    from losam_peft import SamForSemanticSegmentation
+    from losam_peft.data.samples import Sample
+    from losam_peft.data.synthetic import make_samples
+    from losam_peft.training import TrainingConfig, train
+
+    torch.manual_seed(0)
+    SamForSemanticSegmentation(tiny_config()).save_pretrained(tmp_path / "base")
+    samples = [Sample(s.image, s.mask, s.id, s.fov) for s in make_samples("fundus", 1, size=48, seed=1)]
+    train(TrainingConfig(output_dir=str(tmp_path / "out"), base=str(tmp_path / "base"), max_steps=1, log_with="none",
+                         license="apache-2.0", datasets=["drive"]), samples, progress=False)  # fmt: skip
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.license == "apache-2.0" and "- DRIVE: licence" in card.text

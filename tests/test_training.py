@@ -236,8 +236,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, base_dir,
 
 def test_resume_with_other_settings_is_refused(tmp_path, base_dir):
     _run(tmp_path, "x", base_dir)
-    with pytest.raises(TrainingError, match="other settings.*learning_rate"):
-        _run(tmp_path, "x", base_dir, learning_rate=0.01, resume_from=str(tmp_path / "x" / "checkpoint"))
+    with pytest.raises(TrainingError, match="other settings.*momentum.*only learning_rate may change"):
+        _run(tmp_path, "x", base_dir, momentum=0.5, resume_from=str(tmp_path / "x" / "checkpoint"))
 
 
 def test_sigterm_leaves_a_usable_checkpoint(tmp_path, base_dir, synthetic_folder):
@@ -327,7 +327,7 @@ def _write(path, array):
         ("values_outside", r"mask values \[5\] are outside the label set"),
         ("rgb_not_palette", "not in losam-peft's label palette"),
         ("empty_dir", "empty|no image"),
-        ("not_sam", "not a SAM checkpoint"),
+        ("not_sam", "not a supported base model"),
         ("only_mask", "needs both --train-image and --train-mask"),
     ],
 )

@@ -1,4 +1,4 @@
-"""losam-peft: Learnable Ophthalmology SAM as a PEFT adapter on transformers' SAM image encoder.
+"""losam-peft: Learnable Ophthalmology SAM as a PEFT adapter on transformers' SAM image encoder (or DINOv2's, ViT's).
 
 Importing the package registers the "LOSAM" PEFT type (so ``peft.get_peft_model``/``PeftModel.from_pretrained`` know
 ``LoSamConfig``) and the Auto classes (``AutoConfig``, ``AutoModelForSemanticSegmentation`` and ``AutoImageProcessor``
@@ -8,7 +8,14 @@ for the ``LoSamSegmentationConfig`` checkpoints written by this package).
 from __future__ import annotations
 
 from .adapters import load_adapter, save_adapter
+from .bases import load_base_model
 from .configuration_losam import LOSAM_MODEL_TYPE, LoSamSegmentationConfig
+from .configuration_losam_backbones import (
+    LoSamDinov2SegmentationConfig,
+    LoSamDinov2WithRegistersSegmentationConfig,
+    LoSamViTMAESegmentationConfig,
+    LoSamViTSegmentationConfig,
+)
 from .constants import __version__  # noqa: F401  (the package version)
 from .fast_path import default_autocast_dtype, disable_fast_path, enable_fast_path, fast_path_enabled
 from .image_processing_losam import LoSamImageProcessor
@@ -17,11 +24,19 @@ from .metrics import (
     format_paper_table,
     segmentation_metrics,
 )
+from .model_card import install_peft_card_extension
 from .modeling_losam import (
     LoSamSegmentationHead,
     SamForSemanticSegmentation,
     count_parameters,
     sam_vision_config,
+)
+from .modeling_losam_backbones import (
+    BACKBONE_MODELS,
+    Dinov2ForLoSamSegmentation,
+    Dinov2WithRegistersForLoSamSegmentation,
+    ViTForLoSamSegmentation,
+    ViTMAEForLoSamSegmentation,
 )
 from .pipeline import LoSamPipeline, SegmentationResult
 from .tuner import (
@@ -47,15 +62,31 @@ def _register_auto_classes() -> None:
     AutoImageProcessor.register(
         LoSamSegmentationConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True
     )
+    # the DINOv2 / ViT segmentation models, each under a model_type of its own
+    for model_class in BACKBONE_MODELS:
+        config_class = model_class.config_class
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModelForSemanticSegmentation.register(config_class, model_class, exist_ok=True)
+        AutoImageProcessor.register(config_class, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)
 
 
 _register_auto_classes()
+install_peft_card_extension()  # plain PeftModel.save_pretrained writes a card with the losam tags too
 
 __all__ = [
     "LOSAM_MODEL_TYPE",
     "LOSAM_PEFT_TYPE",
     "LoSamConfig",
     "LoSamSegmentationConfig",
+    "LoSamDinov2SegmentationConfig",
+    "LoSamDinov2WithRegistersSegmentationConfig",
+    "LoSamViTSegmentationConfig",
+    "LoSamViTMAESegmentationConfig",
+    "Dinov2ForLoSamSegmentation",
+    "Dinov2WithRegistersForLoSamSegmentation",
+    "ViTForLoSamSegmentation",
+    "ViTMAEForLoSamSegmentation",
+    "load_base_model",
     "LoSamImageProcessor",
     "LoSamLayer",
     "LoSamModel",

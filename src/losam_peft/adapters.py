@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .atomic import write_staged
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_PICKLE_NAME, ADAPTER_WEIGHTS_NAME
+from .errors import LoSamValueError
 from .loading import CheckpointError, resolve_file
 from .model_card import write_model_card
 from .tuner import LOSAM_PEFT_TYPE, LoSamConfig
@@ -48,6 +49,30 @@ def check_adapter_files(adapter: str, **hub_kwargs) -> None:
     problem = safetensors_problem(Path(path))
     if problem:
         raise CheckpointError(f"{path}: not a readable safetensors file ({problem})", path)
+    return Path(path)
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes by name, from a safetensors file's header alone (check it with :func:`safetensors_problem`)."""
+    with Path(path).open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def check_adapter_labels(config, weights: Path) -> None:
+    """The labels in ``adapter_config.json`` must be the classes the head's weights predict."""
+    classifier = [shape for name, shape in safetensors_shapes(weights).items()
+                  if "segmentation_head" in name and name.endswith("classifier.weight")]  # fmt: skip
+    labels = getattr(config, "id2label", None) or {}
+    recorded = len(labels) if labels else getattr(config, "num_labels", None)
+    if classifier and recorded and classifier[0][0] != int(recorded):
+        names = ", ".join(str(v) for v in labels.values()) if labels else f"num_labels {recorded}"
+        raise CheckpointError(
+            f"{weights.parent / ADAPTER_CONFIG_NAME}: the configuration names {recorded} classes ({names}) but "
+            f"{weights.name} holds a head for {classifier[0][0]}; the two files come from different adapters",
+            weights,
+        )
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -94,24 +119,33 @@ def load_adapter(model, adapter: str, adapter_name: str = "default", is_trainabl
     """
     from peft import PeftModel
 
-    check_adapter_files(adapter, **hub_kwargs)
+    weights = check_adapter_files(adapter, **hub_kwargs)
     config = read_adapter_config(adapter, **hub_kwargs)
+    check_adapter_labels(config, weights)
     config.inference_mode = not is_trainable
     if config.align_corners is None:  # saved before the field existed: those heads were trained with False
         config.align_corners = False
     if hasattr(getattr(model, "config", None), "align_corners"):
         model.config.align_corners = bool(config.align_corners)
     kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
-    if isinstance(model, PeftModel):
+    try:
+        if isinstance(model, PeftModel):
+            with quiet_peft_deprecations():
+                model.load_adapter(
+                    str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs
+                )
+            return model
         with quiet_peft_deprecations():
-            model.load_adapter(
-                str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, peft_config=config, **kwargs
+            return PeftModel.from_pretrained(
+                model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
             )
-        return model
-    with quiet_peft_deprecations():
-        return PeftModel.from_pretrained(
-            model, str(adapter), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
-        )
+    except LoSamValueError as err:  # the tuner's check of the recorded encoder size and labels against the model
+        raise CheckpointError(f"{adapter}: {err}", adapter) from None
+    except RuntimeError as err:  # PEFT's own size-mismatch report, should anything get past the checks above
+        if "size mismatch" not in str(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise CheckpointError(f"{weights}: the adapter's weights do not fit this model ({first})", weights) from None
 
 
 def save_adapter(
@@ -123,6 +157,7 @@ def save_adapter(
     training: dict | None = None,
     datasets: list[str] | None = None,
     adapter_name: str = "default",
+    license: str | None = None,
 ) -> Path:
     """Write a LoSAM adapter with its image processor and model card into ``output_dir``.
 
@@ -150,6 +185,7 @@ def save_adapter(
             metrics=metrics,
             training=training,
             datasets=datasets,
+            license=license,
         )
 
     return write_staged(output_dir, write)

@@ -3,17 +3,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import OutputExistsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 
 def current_umask() -> int:
@@ -120,14 +128,9 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
 OUTPUT_MARKER = ".losam-output"
 
 
-def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, what: str = "output") -> Path:
-    """The rule for every command that may replace an output folder.
-
-    Refused: an output that is, contains or lies inside one of ``inputs``; an output that is a file; an existing
-    output without ``overwrite``; and, even with ``overwrite``, a folder this package did not write (no
-    :data:`OUTPUT_MARKER` in it). Returns the resolved output path.
-    """
-
+def check_apart(output: str | os.PathLike, inputs, what: str = "output") -> Path:
+    """Refuse an ``output`` that is, contains or lies inside one of ``inputs`` (``OutputExistsError`` naming both);
+    returns the resolved output path."""
     out = Path(output).expanduser().resolve()
     for item in inputs:
         if item is None:
@@ -136,6 +139,18 @@ def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, wha
         if out == source or source.is_relative_to(out) or out.is_relative_to(source):
             relation = "is" if out == source else ("contains" if source.is_relative_to(out) else "lies inside")
             raise OutputExistsError(f"{out}: the {what} {relation} the input {source}; choose another folder", out)
+    return out
+
+
+def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, what: str = "output") -> Path:
+    """The rule for every command that may replace an output folder.
+
+    Refused: an output that is, contains or lies inside one of ``inputs``; an output that is a file; an existing
+    output without ``overwrite``; and, even with ``overwrite``, a folder this package did not write (no
+    :data:`OUTPUT_MARKER` in it). Returns the resolved output path.
+    """
+
+    out = check_apart(output, inputs, what)
     check_output_dir(out, what)
     if out.exists():
         if not overwrite:
@@ -152,3 +167,113 @@ def check_replaceable(output: str | os.PathLike, inputs, *, overwrite: bool, wha
 def mark_output(folder: str | os.PathLike, what: str) -> None:
     """Record in ``folder`` that this package wrote it (so that ``overwrite`` may replace it later)."""
     (Path(folder) / OUTPUT_MARKER).write_text(json.dumps({"written_by": "losam-peft", "what": what}) + "\n")
+
+
+#: the lock file :func:`output_lock` keeps in an output folder while a run writes there
+LOCK_NAME = ".losam-lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _lock_owner(path: Path) -> dict:
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8") or "{}")
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _busy(folder: Path, path: Path, owner: dict) -> OutputExistsError:
+    pid = owner.get("pid")
+    who = f"pid {pid}" if pid else "a process whose pid is not recorded yet"
+    host = owner.get("host")
+    if host and host != socket.gethostname():
+        who += f" on {host}"
+    since = f", since {owner['started']}" if owner.get("started") else ""
+    return OutputExistsError(
+        f"{folder} is being written by another run ({who}{since}; lock file {path}); wait for it to finish or "
+        "choose another output folder",
+        folder,
+    )
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, what: str = "output folder"):
+    """Hold ``folder``'s lock file (:data:`LOCK_NAME`) for the duration of a ``with`` block.
+
+    A second run asking for the lock of the same folder meanwhile gets an :class:`OutputExistsError` naming the folder
+    and the owner's pid. The lock is an advisory ``flock`` on the lock file, so a run that dies (even by
+    ``kill -9``) releases it with its process: its leftover lock file is taken over by the next run. Where ``flock``
+    does not exist (Windows), the lock file is created exclusively and a leftover one whose pid is no longer alive is
+    taken over. The lock file records ``pid``, ``host`` and ``started``; it is removed on leaving the block.
+    """
+    folder = check_output_dir(folder, what)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    record = json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
+    if fcntl is None:  # pragma: no cover - Windows
+        with _exclusive_lock(folder, path, record):
+            yield path
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(folder, path, _lock_owner(path)) from None
+        except OSError:
+            os.close(fd)
+            raise
+        try:  # the file may have been removed (and re-created) by its previous holder between open and flock
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (record + "\n").encode("utf-8"))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(folder: Path, path: Path, record: str):  # pragma: no cover - used where flock is missing
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            pid = owner.get("pid")
+            if isinstance(pid, int) and not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # a stale lock from a dead process
+                continue
+            raise _busy(folder, path, owner) from None
+        break
+    else:
+        raise _busy(folder, path, _lock_owner(path))
+    try:
+        os.write(fd, (record + "\n").encode("utf-8"))
+        os.close(fd)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

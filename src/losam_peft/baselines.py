@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import load_adapter, read_adapter_config
 from .atomic import write_staged
+from .bases import load_base_model
 from .constants import CONFIG_NAME
 from .errors import CheckpointError, DataError, LoSamValueError
-from .modeling_losam import SamForSemanticSegmentation
 from .pipeline import LoSamPipeline, load_image_processor
 from .tuner import LoSamConfig
 
@@ -181,14 +181,14 @@ def load_method_model(folder: str | os.PathLike, base: str | None = None):
     id2label = {int(k): v for k, v in (record.get("id2label") or {}).items()} or None
     image_size = record.get("image_size")
     if method == "full":
-        return SamForSemanticSegmentation.from_pretrained(str(folder))
+        return load_base_model(str(folder))
     if method == "losam":
         adapter = read_adapter_config(str(folder))
-        model = SamForSemanticSegmentation.from_pretrained(
+        model = load_base_model(
             base, id2label=adapter.id2label, image_size=adapter.image_size
         )
         return load_adapter(model, str(folder))
-    model = SamForSemanticSegmentation.from_pretrained(base, id2label=id2label, image_size=image_size)
+    model = load_base_model(base, id2label=id2label, image_size=image_size)
     if method == "head":
         state = load_file(str(folder / HEAD_WEIGHTS))
         model.segmentation_head.load_state_dict({k[len(HEAD_PREFIX) :]: v for k, v in state.items()})

@@ -21,12 +21,14 @@ import torch
 from .atomic import atomic_save, atomic_write_json
 from .data.samples import Sample
 from .data.synthetic import derive_seed, fundus
+from .errors import TrainingError
 from .evaluation import evaluate_adapter
 from .image_processing_losam import LoSamImageProcessor, to_rgb8
 from .metrics import format_paper_table, mean_foreground_dice
 from .modeling_losam import SamForSemanticSegmentation, sam_vision_config
 from .pipeline import LoSamPipeline
 from .training import TrainingConfig, train
+from .training.loop import RUN_FILES
 from .visualization import comparison_panel
 
 DEMO_STEPS = 250
@@ -82,6 +84,12 @@ def run_demo(
     """Run the demo; returns a summary with the held-out Dice before and after training and the output paths."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    holds_run = any((output_dir / name).exists() for name in RUN_FILES)
+    if holds_run and not (output_dir / "base-encoder").is_dir():
+        raise TrainingError(
+            f"{output_dir} holds an adapter that the demo did not write (no base-encoder/ beside it); the demo "
+            "replaces only its own output: choose another output_dir"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     steps = steps or DEMO_STEPS
     id2label = {0: "background", 1: "vessel"}
@@ -116,6 +124,7 @@ def run_demo(
             modality="fundus",
             task="vessels",
             datasets=["synthetic-fundus"],
+            overwrite=holds_run,  # the demo's own earlier output
         ),
         train_samples,
         eval_samples,

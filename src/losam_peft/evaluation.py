@@ -22,7 +22,7 @@ Outputs in ``output_dir`` (each written to a temporary file and moved into place
 * ``results.csv``: one row per class and aggregate (``dataset`` = counts summed over all pixels, ``image`` = mean
   over images), fractions in [0, 1];
 * ``per_image.csv``: one row per image and class (counts and metrics);
-* ``overlays/best_*.png``, ``overlays/worst_*.png``: image | ground truth | prediction of the images with the
+* ``overlays/best_*.png``, ``overlays/worst_*.png``: image | ground truth | prediction | error map (TP white, FP orange, FN reddish purple, with a legend) of the images with the
   highest and lowest mean foreground Dice;
 * ``dice_per_image.png``: the per-image Dice, sorted.
 """
@@ -51,7 +51,7 @@ from .atomic import (
 )
 from .baselines import is_method_folder, load_method_pipeline
 from .constants import IGNORE_INDEX
-from .data import DATASETS, folder, label_info
+from .data import DATASETS, folder, label_info, skipped_samples
 from .data.samples import Sample, id2label_of, sample_from_row
 from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
@@ -358,6 +358,8 @@ def evaluate_adapter(
         "dtype": str(getattr(pipe, "dtype", None) or "float32").replace("torch.", ""),
         "batch_size": batch_size,
         "seconds": round(seconds, 3),
+        # the files skip_bad left out when the data was loaded (each with the file and the problem)
+        "skipped": skipped_samples(samples) if hasattr(samples, "info") or isinstance(samples, DatasetDict) else [],
         **dict(metadata or {}),
     }
     results["outputs"] = {}
@@ -458,6 +460,8 @@ def _write_overlay(path: Path, sample, prediction, fov, pipe, title: str, dice: 
         title=f"{title}  (mean foreground Dice {100 * dice:.2f}%)",
         num_labels=len(pipe.id2label),
         fov=fov,  # what is outside the FOV is not evaluated: do not draw it either
+        errors=True,  # a fourth panel: where the prediction is right (TP) and wrong (FP, FN, wrong class)
+        id2label=pipe.id2label,
         min_side=OVERLAY_MIN_SIDE,  # panels are shown at a readable size: small images enlarged, huge ones reduced
         max_side=OVERLAY_MAX_SIDE,
     )

@@ -91,6 +91,7 @@ def push_adapter(
     commit_message: str | None = None,
     revision: str | None = None,
     base_repo_id: str | None = None,
+    license: str | None = None,
 ) -> str:
     """Upload an adapter folder (config, safetensors weights, model card, image processor) to ``repo_id``.
 
@@ -100,6 +101,7 @@ def push_adapter(
 
     An adapter whose base is a local folder would not load for anyone else: it is refused unless ``base_repo_id``
     names that base's Hub repository, which then goes into the uploaded ``adapter_config.json`` and card.
+    ``license`` sets the uploaded card's licence (the local card keeps its own).
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
@@ -139,6 +141,8 @@ def push_adapter(
         text = card_path.read_text(encoding="utf-8")
         if ADAPTER_PLACEHOLDER in text:
             card_path.write_text(text.replace(ADAPTER_PLACEHOLDER, repo_id), encoding="utf-8")
+        if license:
+            _relicense(card_path, license)
         try:
             repo_url = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
             commit = api.upload_folder(
@@ -164,6 +168,18 @@ def push_adapter(
             raise HubError(f"cannot reach the Hub to upload {repo_id} ({type(err).__name__}: {err})") from None
     logger.info("uploaded %s to %s (%s)", folder, repo_url, getattr(commit, "commit_url", commit))
     return str(repo_url)
+
+
+def _relicense(card_path: Path, license: str) -> None:
+    """Set the staged card's YAML ``license`` and its licence line."""
+    import re
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(card_path)
+    card.data.license = license
+    text = re.sub(r"Licence of this adapter: [^\n]*", f"Licence of this adapter: `{license}`.", card.text)
+    ModelCard(f"---\n{card.data.to_yaml()}\n---\n{text}").save(card_path)
 
 
 def _rebase(staging: Path, old: str | None, repo_id: str) -> None:

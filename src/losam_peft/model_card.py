@@ -20,6 +20,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .atomic import atomic_write_text
 from .constants import CARD_NAME, __version__
+from .data.specs import DATASETS
 from .data.tags import normalise_modality, normalise_task
 
 TEMPLATES_DIR = Path(__file__).parent / "model_cards"
@@ -136,10 +137,12 @@ def _results_markdown(rows: list[dict], metrics: Mapping | None) -> str:
             "masks (e.g. `losam evaluate`) before relying on it."
         )
     used = [(key, pretty) for key, pretty, _ in _METRICS if any(key in row for row in rows)]
-    dataset = str(metrics.get("dataset") or "an unnamed dataset")
+    dataset = metrics.get("dataset")
     split = metrics.get("split")
     count = metrics.get("num_images")
-    where = f"{_dataset_name(dataset)}" + (f", {split} split" if split else "")
+    where = (_dataset_name(str(dataset)) if dataset else "images given by path (no dataset name was recorded)") + (
+        f", {split} split" if split else ""
+    )
     if isinstance(count, int):
         where += f", {count} image{'s' if count != 1 else ''}"
     lines = [
@@ -207,6 +210,23 @@ def _training_markdown(training: Mapping | None) -> tuple[str, str]:
             continue
         lines.append(f"- {key.replace('_', ' ')}: {value}")
     return "\n".join(lines) if lines else "No training details were recorded.", shots_line
+
+
+def dataset_lines(datasets) -> list[str]:
+    """One line per training dataset: its name, and for the datasets the package knows their licence and source."""
+    lines = []
+    for name in datasets or ():
+        spec = DATASETS.get(str(name).lower())
+        if spec is None:
+            hub = f" ([Hub](https://huggingface.co/datasets/{name}))" if is_hub_id(str(name)) else ""
+            lines.append(f"- {_dataset_name(str(name))}{hub}: licence as stated by its source")
+            continue
+        licence = spec.license_name or spec.license
+        if spec.license_name and spec.license and spec.license != "other":
+            licence = f"{spec.license_name} ({spec.license})"
+        source = f", {spec.url}" if spec.url else ""
+        lines.append(f"- {_dataset_name(spec.name)}: licence {licence}{source}")
+    return lines
 
 
 def _labels_markdown(id2label: Mapping | None, num_labels: int | None) -> str:
@@ -295,6 +315,9 @@ def build_model_card(
     num_labels = getattr(peft_config, "num_labels", None)
     rows = metric_rows(metrics)
     datasets = [str(d) for d in datasets] if datasets else None
+    # the YAML field links Hub datasets; the package's own dataset names (drive, fives, ...) are named with their
+    # licences in the text instead
+    hub_datasets = [d for d in datasets or () if d.lower() not in DATASETS and not d.startswith("synthetic")] or None
     model_name = repo_id.split("/")[-1] if repo_id else "-".join(["losam", *(v for v in (modality, task) if v)])
     eval_results = _eval_results(rows, metrics or {}, datasets, model_name)
     extra = {"base_model_relation": "adapter"} if hub_base else {}
@@ -303,7 +326,7 @@ def build_model_card(
         base_model=hub_base,
         pipeline_tag="image-segmentation",
         tags=_tags(modality, task, tags),
-        datasets=datasets,
+        datasets=hub_datasets,
         license=license,
         metrics=sorted({m for row in rows for m, _, _ in _METRICS if m in row}) or None,
         eval_results=eval_results or None,
@@ -311,6 +334,11 @@ def build_model_card(
         **extra,
     )
     training_md, shots_line = _training_markdown(training)
+    if datasets:
+        training_md += "\n\nTraining data:\n" + "\n".join(dataset_lines(datasets))
+    training_md += "\n\nLicence of this adapter: " + (
+        f"`{license}`." if license else "none was stated when it was written (ask its author before reuse)."
+    )
     adapter_ref = repo_id or ADAPTER_PLACEHOLDER
     encoder = {
         (768, 12): "SAM ViT-B",
@@ -355,3 +383,53 @@ def write_model_card(output_dir: str | os.PathLike, peft_config, **kwargs) -> Pa
     path = output_dir / CARD_NAME
     atomic_write_text(path, str(card))
     return path
+
+
+# -- cards written by plain ``PeftModel.save_pretrained`` ------------------------------------------------------------
+#: what a card of a LoSAM adapter carries whoever writes it (PEFT's own card, or :func:`write_model_card`)
+PEFT_CARD_TAGS = ("losam", "image-segmentation", "medical", "ophthalmology")
+
+
+def extend_peft_card(peft_model, output_dir: str | os.PathLike) -> None:
+    """Give the card PEFT just wrote for a LoSAM adapter ``pipeline_tag: image-segmentation``, ``library_name:
+    peft``, the ``losam`` tags and the base as ``base_model`` when it is a Hub id (a local path is dropped from the
+    YAML, where the Hub accepts repository ids only)."""
+    path = Path(output_dir) / CARD_NAME
+    if not path.is_file():
+        return
+    config = getattr(peft_model, "active_peft_config", None)
+    if str(getattr(config, "peft_type", "")).split(".")[-1] != "LOSAM":
+        return
+    card = ModelCard.load(path)
+    card.data.library_name = "peft"
+    card.data.pipeline_tag = card.data.pipeline_tag or "image-segmentation"
+    base = getattr(config, "base_model_name_or_path", None) or card.data.get("base_model")
+    tags = [t for t in (card.data.tags or []) if not str(t).startswith("base_model:")]
+    if base and is_hub_id(str(base)):
+        card.data.base_model = str(base)
+        tags.append(f"base_model:adapter:{base}")
+    else:
+        card.data.base_model = None
+    for extra in (*PEFT_CARD_TAGS, getattr(config, "modality", None), getattr(config, "task", None)):
+        if extra and extra not in tags:
+            tags.append(extra)
+    card.data.tags = tags
+    atomic_write_text(path, str(card))
+
+
+def install_peft_card_extension() -> None:
+    """Make ``PeftModel.create_or_update_model_card`` finish LoSAM adapters' cards with :func:`extend_peft_card`
+    (other adapter types are left as PEFT writes them). Called once when the package is imported."""
+    from peft import PeftModel
+
+    original = PeftModel.create_or_update_model_card
+    if getattr(original, "_losam_extended", False):
+        return
+
+    def create_or_update_model_card(self, output_dir: str):
+        original(self, output_dir)
+        extend_peft_card(self, output_dir)
+
+    create_or_update_model_card._losam_extended = True
+    create_or_update_model_card.__doc__ = original.__doc__
+    PeftModel.create_or_update_model_card = create_or_update_model_card

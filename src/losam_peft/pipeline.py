@@ -30,12 +30,12 @@ import torch
 from PIL import Image
 
 from .adapters import check_adapter_files, load_adapter, read_adapter_config
+from .bases import load_base_model
 from .errors import LoSamValueError
 from .fast_path import default_autocast_dtype
 from .image_processing_losam import LoSamImageProcessor, decode_array, decode_image, to_rgb8
 from .labels import normalise_id2label
 from .loading import CheckpointError
-from .modeling_losam import SamForSemanticSegmentation
 from .tiling import tiled_probabilities
 from .visualization import label_map_to_pil, overlay, palette
 
@@ -198,7 +198,7 @@ class LoSamPipeline:
         id2label = config.id2label
         try:
             _check_base_cached(base_name, **hub)
-            model = SamForSemanticSegmentation.from_pretrained(
+            model = load_base_model(
                 base_name,
                 num_labels=None if id2label else config.num_labels,
                 id2label=id2label,

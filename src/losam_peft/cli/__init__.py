@@ -8,6 +8,8 @@
     losam push --adapter DIR --repo-id ID     upload an adapter with its card
     losam list-adapters             adapters on the Hub tagged "losam"
     losam data convert --dataset NAME --data-root ROOT --output-dir OUT   a dataset in the datasets format
+    losam convert sam-checkpoint|reference-adapter IN.pth OUT_DIR ...     SAM/MedSAM .pth or the authors' weights
+    losam app                       the web app (label, train, segment, download) at http://127.0.0.1:7860
 
 Exit status: 0 done; 1 done, but some inputs failed (predict); 2 refused (one ``error: …`` line on stderr, from any
 ``LoSamError``, or argparse's own for a malformed option); 130 interrupted.
@@ -24,6 +26,8 @@ from transformers.utils import logging as hf_logging
 from ..data.sources import DataOptions
 from ..errors import LoSamError
 from ..training import TrainingConfig
+from .app import add_app_parser
+from .convert import add_convert_parser
 from .data import add_data_parser
 from .demo import add_demo_parser
 from .evaluate import add_evaluate_parser
@@ -44,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_hub_parsers(sub)
     add_data_parser(sub)
+    add_convert_parser(sub)
+    add_app_parser(sub)
     return parser
 
 

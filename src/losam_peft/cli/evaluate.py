@@ -70,6 +70,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     fov_note = f", FOV masks on {info['images_with_fov']} images" if info["images_with_fov"] else ""
     title = f"{args.adapter} on {name}: {info['num_images']} images{fov_note} (percent)"
     print(format_paper_table(results, title=title, level=args.level))
+    if info.get("skipped"):
+        print(f"skipped {len(info['skipped'])} unusable image(s) (--skip-bad); each is listed with its problem in "
+              "results.json under evaluation.skipped")  # fmt: skip
     outputs = results["outputs"]
     print(f"results: {outputs['results_json']}, {outputs['results_csv']}, {outputs['per_image_csv']}")
     if outputs.get("overlays"):

@@ -16,6 +16,9 @@ def add_hub_parsers(sub) -> None:
     push.add_argument("--repo-id", required=True, help="the Hub repository, e.g. user/fundus-vessels")
     push.add_argument("--base-repo-id", default=None,
                       help="the Hub repository of the base, when the adapter was trained on a local copy of it")  # fmt: skip
+    push.add_argument("--license", default=None,
+                      help="licence of the uploaded adapter's card (a Hub licence id, e.g. apache-2.0; default: the "
+                           "card's own)")  # fmt: skip
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     push.set_defaults(func=run_push)
@@ -35,7 +38,8 @@ def run_push(args: argparse.Namespace) -> int:
         raise LoSamValueError("name the adapter folder to push with --adapter")
     if args.adapter and args.folder and args.adapter != args.folder:
         raise LoSamValueError(f"two adapter folders given: --adapter {args.adapter} and {args.folder}")
-    url = push_adapter(folder, args.repo_id, private=args.private, token=args.token, base_repo_id=args.base_repo_id)
+    url = push_adapter(folder, args.repo_id, private=args.private, token=args.token, base_repo_id=args.base_repo_id,
+                       license=args.license)  # fmt: skip
     print(f"pushed {folder} to {url}")
     return 0
 

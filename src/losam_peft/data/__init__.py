@@ -34,6 +34,7 @@ from .loaders import (
     load_group,
     read_labels_file,
     select_shots,
+    skipped_samples,
 )
 from .saved import load_saved
 from .specs import DATASET_GROUPS, DATASETS, DatasetGroup, DatasetSpec, Files, GroupMember, Mask
@@ -65,6 +66,7 @@ __all__ = [
     "open_image",
     "read_labels_file",
     "select_shots",
+    "skipped_samples",
 ]
 
 

@@ -682,13 +682,28 @@ def _load_spec(spec: DatasetSpec, root, split, *, skip_bad: bool, engine: Mappin
     if problems.skipped:
         skipped = [sample_id for sample_id, _ in problems.skipped]
         for part in result.values() if isinstance(result, DatasetDict) else [result]:
-            part.info.description = _with_description(part.info, skipped=skipped)
+            part.info.description = _with_description(
+                part.info, skipped=skipped, skipped_reasons={str(i): reason for i, reason in problems.skipped}
+            )
         warnings.warn(
             f"{spec.name}: skipped {len(problems.skipped)} bad sample(s) (skip_bad=True)",
             SkippedFileWarning,
             stacklevel=3,
         )
     return result
+
+
+def skipped_samples(dataset) -> list[dict[str, str]]:
+    """The samples ``skip_bad`` left out while ``dataset`` was loaded: ``[{"id", "reason"}]`` (the reason names the
+    file and the problem)."""
+    parts = dataset.values() if hasattr(dataset, "values") and not hasattr(dataset, "features") else [dataset]
+    found = []
+    for part in parts:
+        meta = _read_description(getattr(part, "info", None)) if getattr(part, "info", None) is not None else {}
+        reasons = meta.get("skipped_reasons") or {}
+        for sample_id in meta.get("skipped") or []:
+            found.append({"id": str(sample_id), "reason": str(reasons.get(str(sample_id), "unusable"))})
+    return found
 
 
 def _known_options(spec: DatasetSpec, extra: Sequence[str] = ()) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..adapters import safetensors_problem
 from ..errors import TrainingError
 from .config import NonFiniteLoss, TrainingConfig
 
@@ -55,6 +56,7 @@ def write_checkpoint(path: Path, model, optimizer, config: TrainingConfig, state
         "best_step": state.get("best_step"),
         "history": state["history"],
         "config": config.resume_key(),
+        "changes": list(state.get("changes", [])),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(".checkpoint-*"):  # staging folders of a run that was killed mid-write
@@ -87,17 +89,28 @@ def read_checkpoint(path: Path, config: TrainingConfig) -> dict:
             path = old
         else:
             raise TrainingError(f"{path}: no training checkpoint there ({CHECKPOINT_META} and {CHECKPOINT_WEIGHTS})")
-    meta = json.loads((path / CHECKPOINT_META).read_text())
-    saved, current = meta.get("config", {}), json.loads(json.dumps(config.resume_key()))
+    meta_path, weights_path = path / CHECKPOINT_META, path / CHECKPOINT_WEIGHTS
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise TrainingError(f"{meta_path}: the checkpoint's state is not valid JSON ({err}); it is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(meta.get("config"), dict):
+        raise TrainingError(f"{meta_path}: not a training checkpoint's state (no step and settings); it is damaged")
+    problem = safetensors_problem(weights_path)
+    if problem:
+        raise TrainingError(f"{weights_path}: the checkpoint's weights are damaged: {problem}")
+    saved, current = meta["config"], json.loads(json.dumps(config.resume_key()))
     # settings left unspecified (None, or no recorded training ids) take the checkpoint's values; settings the
     # checkpoint's release did not record yet are not compared
     differing = sorted(k for k in current if k in saved and current[k] not in (None, []) and saved[k] != current[k])
+    changes = [{k: [saved[k], current[k]]} for k in differing if k in TrainingConfig.RESUME_MAY_CHANGE]
+    differing = [k for k in differing if k not in TrainingConfig.RESUME_MAY_CHANGE]
     if differing:
         raise TrainingError(
             f"{path}: the checkpoint was made with other settings ({', '.join(differing)}); resume with the same "
-            "command line, or start a new run"
+            f"command line (only {', '.join(TrainingConfig.RESUME_MAY_CHANGE)} may change), or start a new run"
         )
-    return {"path": path, "meta": meta}
+    return {"path": path, "meta": meta, "changes": changes}
 
 
 def restore_checkpoint(checkpoint: dict, model, optimizer) -> tuple[int, float | None, int | None, list]:

@@ -24,6 +24,7 @@ from ..errors import TrainingError
 from ..image_processing_losam import MODES
 from ..labels import normalise_id2label
 from ..validation import out_of_range
+from .samples import JITTERS
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -43,8 +44,13 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "default": MappingProxyType({}),
-        # the reference implementation's input: a 1024 plain square resize with mean/std 0.5, 32 epochs
-        "paper": MappingProxyType({"image_size": 1024, "epochs": 32, "processor_mode": "paper"}),
+        # the reference implementation's recipe: a 1024 plain square resize with mean/std 0.5, its colour jitter and
+        # flips, cross-entropy over all pixels, 32 epochs of batch 1, fp16 autocast with loss scaling (on a CUDA
+        # device; elsewhere bf16, with a note, since Accelerate has no fp16 autocast or loss scaler there)
+        "paper": MappingProxyType({
+            "image_size": 1024, "epochs": 32, "batch_size": 1, "processor_mode": "paper", "jitter": "reference",
+            "ignore_outside_fov": False, "mixed_precision": "fp16",
+        }),  # fmt: skip
     }
 )
 
@@ -113,7 +119,9 @@ class TrainingConfig:
         metadata={"help": "optimizer updates in all; takes precedence over epochs (default: epochs × updates per "
                           "epoch)", "min": 1},
     )  # fmt: skip
-    batch_size: int = field(default=1, metadata={"help": "training images per process and micro-step", "min": 1})
+    batch_size: int = field(
+        default=1, metadata={"help": _help("training images per process and micro-step", "batch_size", "1"), "min": 1}
+    )
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "micro-steps accumulated into one optimizer update", "min": 1}
     )
@@ -123,7 +131,7 @@ class TrainingConfig:
     poly_power: float = field(
         default=0.9, metadata={"help": "power of the poly schedule lr × (1 − step/max_steps)^power", "min": 0.0}
     )
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0, "below": 1.0})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay", "min": 0.0})
     nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
     mixed_precision: Optional[str] = field(
@@ -133,6 +141,14 @@ class TrainingConfig:
                           "ACCELERATE_MIXED_PRECISION; else no). The precision used is recorded",
                   "choices": list(MIXED_PRECISION)},
     )  # fmt: skip
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute each encoder block's activations in the backward pass instead of keeping them "
+                          "(less memory, about a third more time; for vit_h on 24 GB cards)"},
+    )  # fmt: skip
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the model before training (slow first steps, faster after)"}
+    )
     processor_mode: str = field(
         default="sam",
         metadata={"help": _help("image geometry: sam keeps the aspect ratio (longest side resized, SAM's mean/std, "
@@ -141,9 +157,20 @@ class TrainingConfig:
                   "choices": list(MODES)},
     )  # fmt: skip
     augment: bool = field(
+        default=True, metadata={"help": "colour jitter (see jitter) and random horizontal/vertical flips"}
+    )
+    jitter: str = field(
+        default="bcs",
+        metadata={"help": _help("colour jitter: bcs scales brightness, contrast and saturation by U(0.8, 1.2) on "
+                                "every draw; reference is the authors' (albumentations ColorJitter: those three and a "
+                                "hue shift of up to 0.2, in random order, luma grey, on half the draws)", "jitter",
+                                "bcs"),
+                  "choices": list(JITTERS)},
+    )  # fmt: skip
+    ignore_outside_fov: bool = field(
         default=True,
-        metadata={"help": "colour jitter (brightness, contrast and saturation scaled by 0.8 to 1.2) and random "
-                          "horizontal/vertical flips"},
+        metadata={"help": _help("leave pixels outside the field of view out of the loss (the reference counts all "
+                                "pixels)", "ignore_outside_fov", "True")},
     )  # fmt: skip
     seed: int = field(
         default=0,
@@ -172,8 +199,19 @@ class TrainingConfig:
     task: str | None = field(
         default=None, metadata={"help": "segmentation task recorded in the adapter and its card (e.g. vessels)"}
     )
+    license: str | None = field(
+        default=None,
+        metadata={"help": "licence of the adapter, stated in its model card (a Hub licence id such as apache-2.0 or "
+                          "cc-by-nc-4.0; default: none is claimed)"},
+    )  # fmt: skip
     resume_from: str | None = field(
-        default=None, metadata={"help": "continue from this checkpoint folder (or a run's output folder)"}
+        default=None,
+        metadata={"help": "continue from this checkpoint folder (or a run's output folder); the settings must be the "
+                          "run's, except the learning rate, which may change (recorded)"},
+    )  # fmt: skip
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "train into an output folder that already holds an adapter or a checkpoint, replacing them"},
     )
     train_ids: list = field(default_factory=list, metadata={"help": "ids of the training images (recorded)"})
     eval_ids: list = field(default_factory=list, metadata={"help": "ids of the evaluation images (recorded)"})
@@ -200,9 +238,13 @@ class TrainingConfig:
         keep = (
             "base", "id2label", "preset", "image_size", "epochs", "max_steps", "batch_size",
             "gradient_accumulation_steps", "learning_rate", "poly_power", "momentum", "weight_decay", "nesterov",
-            "processor_mode", "augment", "seed", "reduction", "train_ids",
+            "processor_mode", "augment", "jitter", "ignore_outside_fov", "seed", "reduction", "train_ids",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keep}
+
+    #: resume settings a resuming run may change (the change is recorded): lowering the learning rate is the way on
+    #: after a non-finite loss
+    RESUME_MAY_CHANGE = ("learning_rate",)
 
 
 def _check_value(f: dataclasses.Field, value) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -15,20 +16,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env, set_seed
 from peft import get_peft_model
 
 from ..adapters import quiet_peft_deprecations, save_adapter
-from ..atomic import atomic_save, atomic_write_json, check_output_dir
+from ..atomic import atomic_save, atomic_write_json, check_output_dir, output_lock
+from ..bases import load_base_model
 from ..data.samples import Sample
 from ..errors import TrainingError
 from ..evaluation import evaluate_adapter
 from ..image_processing_losam import LoSamImageProcessor
 from ..labels import normalise_id2label
 from ..metrics import mean_foreground_dice
-from ..modeling_losam import SamForSemanticSegmentation
 from ..pipeline import LoSamPipeline
 from ..tuner import LoSamConfig
 from .checkpoint import CHECKPOINT_DIR, read_checkpoint, restore_checkpoint, write_checkpoint
@@ -77,6 +78,12 @@ def train(
     started = time.perf_counter()
     if not train_samples:
         raise TrainingError("the training set is empty")
+    # an adapter names its base; a local base is named by its absolute path, so the adapter loads from anywhere
+    if config.base and Path(config.base).expanduser().exists():
+        config.base = str(Path(config.base).expanduser().resolve())
+    if base_model is not None and getattr(base_model, "name_or_path", None):
+        if Path(base_model.name_or_path).expanduser().exists():
+            base_model.name_or_path = str(Path(base_model.name_or_path).expanduser().resolve())
     output_dir = check_output_dir(config.output_dir)
     id2label = config.id2label or _labels_from_model(base_model) or {0: "background", 1: "foreground"}
     config.id2label = id2label
@@ -89,7 +96,21 @@ def train(
         config.val_ids = [s.id for s in val_samples]
 
     check_label_values(list(train_samples) + list(eval_samples or []) + list(val_samples or []), num_labels)
+    check_training_folder(output_dir, config)
     checkpoint = read_checkpoint(Path(config.resume_from), config) if config.resume_from else None
+    precision_note = _choose_precision(config)
+    # one run at a time per output folder: a second one refuses (naming the first's pid) instead of mixing files
+    lock = output_lock(output_dir, "training output folder") if _process_state().is_main_process else nullcontext()
+    with lock:
+        return _run(
+            config, train_samples, eval_samples, val_samples, val_source, base_model, progress, prepare_model,
+            save_model, output_dir, id2label, num_labels, checkpoint, precision_note, started,
+        )  # fmt: skip
+
+
+def _run(config, train_samples, eval_samples, val_samples, val_source, base_model, progress, prepare_model, save_model,
+         output_dir, id2label, num_labels, checkpoint, precision_note, started) -> TrainingResult:  # fmt: skip
+    """The body of :func:`train`, run while the output folder's lock is held."""
 
     log_with = _resolve_trackers(config.log_with)
     _forget_previous_accelerator()
@@ -97,11 +118,14 @@ def train(
         mixed_precision=config.mixed_precision,
         log_with=log_with,
         project_dir=str(output_dir / "logs") if log_with else None,
+        dynamo_backend="inductor" if config.compile else None,
     )
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
     config.mixed_precision = accelerator.mixed_precision  # what Accelerate decided (launcher, config, env) is recorded
+    if precision_note and main:
+        print(f"note: {precision_note}", flush=True)
     if config.mixed_precision == "fp16" and accelerator.scaler is None and main:
         warnings.warn(
             f"Accelerate runs fp16 on {accelerator.device.type} without autocast or loss scaling; "
@@ -111,7 +135,7 @@ def train(
     set_seed(config.seed)
 
     if base_model is None:
-        base_model = SamForSemanticSegmentation.from_pretrained(
+        base_model = load_base_model(
             config.base, id2label=id2label, image_size=config.image_size, use_fast_path=config.fast_path
         )
     elif base_model.config.num_labels != num_labels:
@@ -119,10 +143,18 @@ def train(
     elif not getattr(base_model, "name_or_path", None):
         base_model.name_or_path = config.base
     base_model.set_fast_path(config.fast_path)
+    _check_reduction(config, base_model)
+    if config.gradient_checkpointing:
+        # transformers 5 renamed it; the old name still works there but warns
+        enable = getattr(base_model, "activation_checkpointing_enable", None) or base_model.gradient_checkpointing_enable
+        enable()
     image_size = base_model.config.image_size
     config.image_size = image_size
     processor = LoSamImageProcessor(image_size=image_size, mode=config.processor_mode)
-    data = PreparedSamples(train_samples, processor, num_labels)
+    data = PreparedSamples(
+        train_samples, processor, num_labels, ignore_outside_fov=config.ignore_outside_fov,
+        device=accelerator.device, jitter=config.jitter,
+    )  # fmt: skip
 
     torch.manual_seed(config.seed)
     if prepare_model is not None:
@@ -148,19 +180,21 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: poly_lr(step, max_steps, 1.0, config.poly_power)
     )
-    state = {"step": 0, "best": None, "best_step": None, "history": [], "interrupted": False, "save_model": save_model}
+    state = {"step": 0, "best": None, "best_step": None, "history": [], "interrupted": False, "save_model": save_model,
+             "changes": [], "record": partial(_config_record, config, max_steps, world, image_size)}  # fmt: skip
     if checkpoint is not None:
         state["step"], state["best"], state["best_step"], state["history"] = restore_checkpoint(
             checkpoint, model, optimizer
         )
+        state["changes"] = list(checkpoint["meta"].get("changes", [])) + [
+            dict(change, step=state["step"]) for change in checkpoint["changes"]
+        ]
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(state["step"], max_steps, config.learning_rate, config.poly_power)
         scheduler.last_epoch = state["step"]
     start_step = state["step"]
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    if main:
-        atomic_write_json(output_dir / "train_config.json", _config_record(config, max_steps, world, image_size))
     if log_with:
         accelerator.init_trackers(
             "losam", config={k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool))}
@@ -210,10 +244,14 @@ def train(
     except NonFiniteLoss as err:
         if bar is not None:
             bar.close()
-        raise TrainingError(
-            f"{err}; training stopped and the last good checkpoint is kept in {output_dir / CHECKPOINT_DIR} "
-            "(lower --learning-rate, or try --mixed-precision fp16 with loss scaling / no)"
-        ) from None
+        kept = output_dir / CHECKPOINT_DIR
+        if (kept / "state.json").is_file():
+            advice = (f"the last good checkpoint is kept in {kept}; go on from it with a lower learning rate: "
+                      f"the same command with --resume-from {kept} --learning-rate {config.learning_rate / 2:g}")
+        else:
+            advice = (f"no checkpoint was written before it; start again with a lower learning rate "
+                      f"(--learning-rate {config.learning_rate / 2:g}) or a more frequent --save-every")
+        raise TrainingError(f"{err}; training stopped and {advice}") from None
     except KeyboardInterrupt as interruption:
         state["interrupted"] = True
         signum = getattr(interruption, "signum", signal.SIGINT)
@@ -229,7 +267,8 @@ def train(
             output_dir, state["step"], None, None, state["history"], time.perf_counter() - started, True, int(signum)
         )
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread only
+            signal.signal(signal.SIGTERM, previous_handler)
     if bar is not None:
         bar.close()
 
@@ -243,7 +282,7 @@ def train(
         atomic_write_json(history_path, state["history"])
         _plot_loss_curve(state["history"], output_dir / "loss_curve.png")
         seconds = time.perf_counter() - started
-        record = _config_record(config, max_steps, world, image_size)
+        record = state["record"](changes=state["changes"])
         record["seconds"] = round(seconds, 2)
         record["replica_fingerprints"] = replicas
         record["replicas_identical"] = len(set(replicas)) == 1
@@ -378,6 +417,7 @@ def _save_best(accelerator, model, processor, config, output_dir, metrics, state
             metrics=metrics,
             training=training,
             datasets=list(config.datasets) or None,
+            license=config.license,
         )
         record = {
             "step": step,
@@ -391,6 +431,9 @@ def _save_best(accelerator, model, processor, config, output_dir, metrics, state
         if metrics is not None:
             record.update(metrics)
         atomic_write_json(output_dir / "metrics.json", record)
+        # written with the adapter, so that the folder always describes the adapter in it (a run that fails later
+        # leaves the last written adapter and its settings together)
+        atomic_write_json(output_dir / "train_config.json", state["record"](changes=state["changes"], saved_step=step))
     accelerator.wait_for_everyone()
 
 
@@ -446,10 +489,66 @@ def _resolve_trackers(log_with: str):
     return log_with
 
 
-def _config_record(config: TrainingConfig, max_steps: int, world: int, image_size: int) -> dict:
+def _config_record(config: TrainingConfig, max_steps: int, world: int, image_size: int, *, changes=(),
+                   saved_step=None) -> dict:  # fmt: skip
     record = asdict(config)
+    record.pop("overwrite", None)  # how the folder was opened, not a setting of the adapter
     record.update(max_steps=max_steps, processes=world, image_size=image_size, torch=torch.__version__)
+    if saved_step is not None:
+        record["saved_step"] = saved_step
+    if changes:
+        record["resume_changes"] = list(changes)
     return record
+
+
+#: files whose presence means an output folder already holds an adapter or a run
+RUN_FILES = ("adapter_config.json", "train_config.json", CHECKPOINT_DIR)
+
+
+def check_training_folder(output_dir: Path, config: TrainingConfig) -> None:
+    """Refuse to train into a folder that holds another adapter or run, unless ``config.overwrite`` or the run
+    resumes that folder's own checkpoint."""
+    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if not found or config.overwrite:
+        return
+    if config.resume_from:
+        resumed = Path(config.resume_from).resolve()
+        own = output_dir.resolve()
+        if resumed in (own, own / CHECKPOINT_DIR, own / (CHECKPOINT_DIR + ".old")):
+            return
+    raise TrainingError(
+        f"{output_dir} already holds an adapter or a training run ({', '.join(found)}); choose another output_dir, "
+        f"replace it (overwrite, --overwrite), or continue it with resume_from {output_dir / CHECKPOINT_DIR}"
+    )
+
+
+def _choose_precision(config: TrainingConfig) -> str | None:
+    """The paper preset's fp16 needs CUDA (autocast with a loss scaler); elsewhere it runs bf16. Returns a note when
+    the precision was changed. A precision given explicitly is used as given."""
+    from_preset = config.preset == "paper" and "mixed_precision" not in getattr(config, "_given", ())
+    if not (from_preset and config.mixed_precision == "fp16"):
+        return None
+    device = _process_state().device
+    if device.type == "cuda":
+        return None
+    config.mixed_precision = "bf16"
+    return (f"the paper preset's fp16 autocast with loss scaling needs a CUDA device; on {device.type} it runs bf16 "
+            "(give --mixed-precision to choose)")  # fmt: skip
+
+
+def _process_state() -> PartialState:
+    """Accelerate's process state, created as its Accelerator would (``ACCELERATE_USE_CPU`` from the launcher's
+    ``--cpu`` is read by the Accelerator's state only; a PartialState made first without it would be single-process)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _check_reduction(config: TrainingConfig, base_model) -> None:
+    hidden = getattr(base_model.config, "hidden_size", None)
+    if hidden and config.reduction and hidden % config.reduction:
+        raise TrainingError(
+            f"reduction {config.reduction} does not divide the encoder's hidden size {hidden} (choose a divisor, "
+            f"e.g. {', '.join(str(d) for d in range(1, min(hidden, 16) + 1) if hidden % d == 0)})"
+        )
 
 
 def _install_sigterm_handler():

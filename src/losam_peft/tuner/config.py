@@ -11,14 +11,17 @@ from ..errors import LoSamValueError
 from ..labels import normalise_id2label
 
 LOSAM_PEFT_TYPE = "LOSAM"
-# matches the transformer blocks of a SamVisionEncoder: "layers.0" in the encoder, "vision_encoder.layers.0" in
-# SamForSemanticSegmentation
-DEFAULT_TARGET_MODULES = r"(?:.*\.)?layers\.\d+"
+# matches the transformer blocks of the supported encoders: "vision_encoder.layers.0" (SAM), "vit.layers.0" (ViT,
+# ViT-MAE), "dinov2.encoder.layer.0" (DINOv2); the tuner then checks that every match is an encoder block
+DEFAULT_TARGET_MODULES = r"(?:.*\.)?(?:layers|layer)\.\d+"
 
 
 @dataclass
 class LoSamConfig(PeftConfig):
-    """Configuration of a LoSAM adapter: one prompt layer before every ``SamVisionLayer`` plus the task head.
+    """Configuration of a LoSAM adapter: one prompt layer before every encoder block plus the task head.
+
+    The encoder is SAM's (``SamVisionLayer`` blocks), DINOv2's (with or without registers), ViT's or ViT-MAE's; on the
+    token-sequence encoders the prompt layers see the patch tokens only (CLS and register tokens pass unchanged).
 
     Args:
         reduction: channel reduction ``r`` of the prompt layers (C -> C/r -> C). The reference uses 4.
@@ -35,7 +38,7 @@ class LoSamConfig(PeftConfig):
 
     reduction: int = field(default=4, metadata={"help": "Channel reduction r of the prompt layers (C -> C/r)."})
     target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Encoder blocks to prompt (regex or names); default: every SamVisionLayer."}
+        default=None, metadata={"help": "Encoder blocks to prompt (regex or names); default: every encoder block."}
     )
     exclude_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Encoder blocks to leave unprompted."}

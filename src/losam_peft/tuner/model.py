@@ -1,4 +1,10 @@
-"""``LoSamModel``: the PEFT tuner that wraps every targeted ``SamVisionLayer`` in a ``LoSamLayer``."""
+"""``LoSamModel``: the PEFT tuner that wraps every targeted encoder block in a ``LoSamLayer``.
+
+The blocks are found by class (:data:`SUPPORTED_BLOCKS`): SAM's ``SamVisionLayer`` (whose input is the channels-last
+token grid) and the token-sequence blocks of DINOv2, DINOv2 with registers, ViT and ViT-MAE (whose input is
+[CLS, registers, patches]; the prompt runs on the patches only, on their grid, recorded by a forward pre-hook on the
+encoder's embeddings).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,41 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, _get_submodules, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
+from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import Dinov2WithRegistersLayer
 from transformers.models.sam.modeling_sam import SamVisionLayer
+from transformers.models.vit.modeling_vit import ViTLayer
+from transformers.models.vit_mae.modeling_vit_mae import ViTMAELayer
 
 from ..errors import LoSamValueError
 from ..labels import normalise_id2label
 from .config import DEFAULT_TARGET_MODULES, LoSamConfig
-from .layer import LoSamLayer
+from .layer import LoSamLayer, TokenGrid, block_hidden_size
+
+#: the encoder blocks LoSAM puts a prompt layer in front of, and the encoders they belong to
+SUPPORTED_BLOCKS: dict[type, str] = {
+    SamVisionLayer: "SAM (SamVisionEncoder)",
+    Dinov2Layer: "DINOv2 (Dinov2Model)",
+    Dinov2WithRegistersLayer: "DINOv2 with registers (Dinov2WithRegistersModel)",
+    ViTLayer: "ViT (ViTModel)",
+    ViTMAELayer: "ViT-MAE (ViTMAEModel)",
+}
+#: blocks whose input is already the (B, H, W, C) token grid; the others take (B, N, C) token sequences
+GRID_BLOCKS = (SamVisionLayer,)
+#: the attribute on an encoder's embeddings module that holds its shared TokenGrid (and hook)
+TOKEN_GRID_ATTR = "_losam_token_grid"
+
+
+def supported_encoders() -> str:
+    return ", ".join(f"{cls.__name__} blocks of {what}" for cls, what in SUPPORTED_BLOCKS.items())
 
 
 class LoSamModel(BaseTuner):
-    """Adds a learnable prompt layer before every targeted block of a SAM image encoder (Learnable Ophthalmology SAM).
+    """Adds a learnable prompt layer before every targeted block of a ViT image encoder (Learnable Ophthalmology SAM):
+    SAM's, or DINOv2's, ViT's or ViT-MAE's (:data:`SUPPORTED_BLOCKS`).
 
-    Use through PEFT: ``peft.get_peft_model(SamForSemanticSegmentation(...), LoSamConfig())``.
+    Use through PEFT: ``peft.get_peft_model(SamForSemanticSegmentation(...), LoSamConfig())`` (or a
+    ``Dinov2ForLoSamSegmentation``, ``ViTForLoSamSegmentation``…).
     """
 
     prefix: str = "losam_"
@@ -33,12 +62,15 @@ class LoSamModel(BaseTuner):
         return peft_config
 
     def _pre_injection_hook(self, model: nn.Module, config: LoSamConfig, adapter_name: str) -> None:
-        blocks = [name for name, module in model.named_modules() if isinstance(module, (SamVisionLayer, LoSamLayer))]
+        block_types = tuple(SUPPORTED_BLOCKS) + (LoSamLayer,)
+        blocks = [name for name, module in model.named_modules() if isinstance(module, block_types)]
         blocks = [name for name in blocks if ".base_layer" not in name]
         if not blocks:
             raise LoSamValueError(
-                f"LoSAM adapts a SAM image encoder, but {type(model).__name__} contains no SamVisionLayer blocks"
+                f"LoSAM adapts a ViT image encoder, but {type(model).__name__} contains no supported encoder blocks; "
+                f"supported: {supported_encoders()}"
             )
+        block_kind = type(_unwrapped(model.get_submodule(blocks[0]))).__name__
         hidden = _encoder_hidden_size(model, blocks[0])
         _check_recorded("encoder_hidden_size", config.encoder_hidden_size, hidden, adapter_name)
         _check_recorded("encoder_num_layers", config.encoder_num_layers, len(blocks), adapter_name)
@@ -72,7 +104,7 @@ class LoSamModel(BaseTuner):
             kinds = {type(model.get_submodule(name)).__name__ for name in wrong}
             raise LoSamValueError(
                 f"LoSamConfig.target_modules={targets!r} matches {wrong[:3]} ({', '.join(sorted(kinds))}); LoSAM "
-                f"prompt layers go in front of SamVisionLayer blocks only, such as {blocks[0]!r}"
+                f"prompt layers go in front of {block_kind} blocks only, such as {blocks[0]!r}"
             )
 
     def _create_and_replace(
@@ -88,9 +120,14 @@ class LoSamModel(BaseTuner):
         if isinstance(target, LoSamLayer):
             target.update_layer(adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
             return
-        if not isinstance(target, SamVisionLayer):
-            raise LoSamValueError(f"{current_key} is a {type(target).__name__}; LoSAM targets SamVisionLayer blocks only")
-        new_module = LoSamLayer(target, adapter_name, peft_config.reduction, peft_config.layer_norm_eps)
+        if not isinstance(target, tuple(SUPPORTED_BLOCKS)):
+            raise LoSamValueError(
+                f"{current_key} is a {type(target).__name__}; LoSAM targets encoder blocks only: {supported_encoders()}"
+            )
+        grid = None if isinstance(target, GRID_BLOCKS) else self._token_grid(current_key)
+        new_module = LoSamLayer(
+            target, adapter_name, peft_config.reduction, peft_config.layer_norm_eps, token_grid=grid
+        )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -105,7 +142,37 @@ class LoSamModel(BaseTuner):
             if isinstance(module, ModulesToSaveWrapper):
                 parent, _, child_name = _get_submodules(self.model, name)
                 setattr(parent, child_name, module.original_module)
+            grid = module.__dict__.get(TOKEN_GRID_ATTR)
+            if grid is not None:
+                grid.handle.remove()
+                del module.__dict__[TOKEN_GRID_ATTR]
         return self._unload_and_optionally_merge(merge=False)
+
+    def _token_grid(self, block_key: str) -> TokenGrid:
+        """The shared ``TokenGrid`` of the encoder that holds the token-sequence block ``block_key``: the nearest
+        enclosing module with ``embeddings.patch_embeddings`` (a ``Dinov2Model``, ``ViTModel``…), whose embeddings get
+        the recording hook once."""
+        parts = block_key.split(".")
+        for depth in range(len(parts) - 1, -1, -1):
+            owner = self.model.get_submodule(".".join(parts[:depth]))
+            embeddings = getattr(owner, "embeddings", None)
+            patches = getattr(embeddings, "patch_embeddings", None)
+            if patches is None:
+                continue
+            grid = embeddings.__dict__.get(TOKEN_GRID_ATTR)
+            if grid is None:
+                patch = patches.patch_size
+                patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+                prefix = int(getattr(embeddings, "cls_token", None) is not None)
+                registers = getattr(embeddings, "register_tokens", None)
+                prefix += int(registers.shape[1]) if registers is not None else 0
+                grid = TokenGrid(prefix, patch)
+                grid.handle = embeddings.register_forward_pre_hook(grid.record, with_kwargs=True)
+                embeddings.__dict__[TOKEN_GRID_ATTR] = grid
+            return grid
+        raise LoSamValueError(
+            f"{block_key}: found no encoder with patch embeddings around this block, so its patch grid is unknown"
+        )
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # Encoder blocks have no single `weight` to re-attach (PEFT's default assumes a Linear-like module); the prompt
@@ -180,11 +247,15 @@ def _inject_adapter_names(module, args, kwargs, adapter_names):
     return args, kwargs
 
 
+def _unwrapped(block: nn.Module) -> nn.Module:
+    return block.base_layer if isinstance(block, LoSamLayer) else block
+
+
 def _encoder_hidden_size(model: nn.Module, block_name: str) -> int:
     block = model.get_submodule(block_name)
     if isinstance(block, LoSamLayer):
         return block.hidden_size
-    return block.layer_norm1.normalized_shape[0]
+    return block_hidden_size(block)
 
 
 def _check_recorded(field: str, recorded, found, adapter_name: str) -> None:
@@ -199,7 +270,7 @@ def _check_recorded(field: str, recorded, found, adapter_name: str) -> None:
             + (
                 "load the base model with the adapter's labels (num_labels/id2label from adapter_config.json)"
                 if field == "num_labels"
-                else "load it onto the SAM encoder size it was trained with (see base_model_name_or_path)"
+                else "load it onto the encoder size it was trained with (see base_model_name_or_path)"
             )
         )
 
