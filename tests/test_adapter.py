@@ -56,6 +56,14 @@ def test_vit_b_trainable_parameter_count_matches_reference():
     assert trainable == 3_764_274
 
 
+@pytest.mark.parametrize("name, expected", [("vit_l", 12_908_082), ("vit_h", 26_646_066)])
+def test_larger_sam_trainable_parameter_counts(name, expected):
+    """The counts in README.md's table of bases, on the meta device (no weights are allocated)."""
+    with torch.device("meta"):
+        model = get_peft_model(SamForSemanticSegmentation(sam_vision_config(name, num_labels=2)), LoSamConfig())
+    assert count_parameters(model, trainable_only=True) == expected
+
+
 def _reference_prompt(x_cf, layer):
     """Eq. 2 written channels-first with convolutions, independent of the channels-last implementation."""
     c_in, c_mid = layer.down.in_features, layer.down.out_features

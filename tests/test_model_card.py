@@ -236,3 +236,15 @@ def test_training_records_the_licence_in_the_card(tmp_path):
                          license="apache-2.0", datasets=["drive"]), samples, progress=False)  # fmt: skip
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.license == "apache-2.0" and "- DRIVE: licence" in card.text
+
+
+def test_the_card_names_the_encoder_family():
+    from losam_peft.model_card import encoder_name
+
+    assert encoder_name(_config()) == "SAM ViT-B"
+    assert encoder_name(_config(encoder_block="Dinov2Layer", encoder_hidden_size=1024, encoder_num_layers=24)) == (
+        "DINOv2 ViT-L"
+    )
+    card = build_model_card(_config(encoder_block="ViTMAELayer", encoder_hidden_size=1024, encoder_num_layers=24),
+                            base_model=None)  # fmt: skip
+    assert "ViT-MAE ViT-L" in str(card)

@@ -56,7 +56,7 @@ from .data.samples import Sample, id2label_of, sample_from_row
 from .data.sources import load_dataset_split
 from .errors import DataError, LabelMismatchError, LoSamValueError
 from .image_processing_losam import to_rgb8
-from .labels import normalise_id2label
+from .labels import is_generic_label, normalise_id2label
 from .metrics import (
     SegmentationMetricAccumulator,
     confusion_mean_foreground_dice,
@@ -82,7 +82,6 @@ DICE_PLOT = "dice_per_image.png"
 OVERLAY_MIN_SIDE, OVERLAY_MAX_SIDE = 256, 1024
 METRIC_COLUMNS = ("dice", "recall", "bm", "precision", "iou", "specificity")
 # label names that carry no meaning of their own (folder defaults): a name mismatch against them is not worth a warning
-_GENERIC_NAME = re.compile(r"^(foreground|class[_ ]?\d+|label[_ ]?\d+|\d+)$", re.IGNORECASE)
 
 
 # -- atomic writes -----------------------------------------------------------------------------------------------------
@@ -122,8 +121,8 @@ def check_labels(
         if i != 0
         and dataset_labels.get(i) is not None
         and model_labels[i].strip().lower() != dataset_labels[i].strip().lower()
-        and not _GENERIC_NAME.match(model_labels[i].strip())
-        and not _GENERIC_NAME.match(dataset_labels[i].strip())
+        and not is_generic_label(model_labels[i])
+        and not is_generic_label(dataset_labels[i])
     ]
     if not differing:
         return []

@@ -212,6 +212,30 @@ def _training_markdown(training: Mapping | None) -> tuple[str, str]:
     return "\n".join(lines) if lines else "No training details were recorded.", shots_line
 
 
+#: the families of encoder an adapter may sit on, by the class of its blocks (``LoSamConfig.encoder_block``)
+_ENCODER_FAMILIES = {
+    "SamVisionLayer": "SAM",
+    "Dinov2Layer": "DINOv2",
+    "Dinov2WithRegistersLayer": "DINOv2 (with registers)",
+    "ViTLayer": "ViT",
+    "ViTMAELayer": "ViT-MAE",
+}
+_ENCODER_SIZES = {(384, 12): "ViT-S", (768, 12): "ViT-B", (1024, 24): "ViT-L", (1280, 32): "ViT-H", (1536, 40): "ViT-g"}
+
+
+def encoder_name(peft_config) -> str | None:
+    """``"SAM ViT-B"``, ``"DINOv2 ViT-L"`` ...: the encoder an adapter was made for, from its recorded block class and
+    size (adapters saved before the block class was recorded are SAM's)."""
+    block = getattr(peft_config, "encoder_block", None) or "SamVisionLayer"
+    family = _ENCODER_FAMILIES.get(block, block)
+    size = _ENCODER_SIZES.get(
+        (getattr(peft_config, "encoder_hidden_size", None), getattr(peft_config, "encoder_num_layers", None))
+    )
+    if size is None:
+        return None if block == "SamVisionLayer" else f"a {family} image encoder"
+    return f"{family} {size}"
+
+
 def dataset_lines(datasets) -> list[str]:
     """One line per training dataset: its name, and for the datasets the package knows their licence and source."""
     lines = []
@@ -340,11 +364,7 @@ def build_model_card(
         f"`{license}`." if license else "none was stated when it was written (ask its author before reuse)."
     )
     adapter_ref = repo_id or ADAPTER_PLACEHOLDER
-    encoder = {
-        (768, 12): "SAM ViT-B",
-        (1024, 24): "SAM ViT-L",
-        (1280, 32): "SAM ViT-H",
-    }.get((getattr(peft_config, "encoder_hidden_size", None), getattr(peft_config, "encoder_num_layers", None)))
+    encoder = encoder_name(peft_config)
     target = {"vessels": "retinal vessels", "lesions": "retinal lesions", "layers": "retinal layers"}.get(
         task, task or "retinal structures"
     )
@@ -360,7 +380,7 @@ def build_model_card(
         target=target,
         base_model_name=base_model or "not recorded",
         base_model_is_hub=bool(hub_base),
-        encoder_name=encoder or "a SAM image encoder",
+        encoder_name=encoder or "a SAM image encoder",  # (a name the templates use)
         encoder_hidden_size=getattr(peft_config, "encoder_hidden_size", None),
         encoder_num_layers=getattr(peft_config, "encoder_num_layers", None),
         reduction=getattr(peft_config, "reduction", None),

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..data.sources import DataOptions
 from ..data.specs import DATASETS
-from ..errors import DataError
+from ..errors import DataError, LoSamError
+from ..labels import parse_label_names
 from ..training import TrainingConfig
 from .options import add_dataclass_options, given
 
@@ -18,12 +19,11 @@ DERIVED_TRAINING_FIELDS = ("id2label", "train_ids", "eval_ids", "datasets", "out
 
 
 def parse_labels(text: str) -> dict[int, str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if len(names) < 2:
-        raise argparse.ArgumentTypeError("--labels needs at least two names, e.g. background,vessel")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"--labels must be unique, got {text!r}")
-    return dict(enumerate(names))
+    """``--labels``: the library's one label rule (:func:`losam_peft.labels.parse_label_names`), as argparse's error."""
+    try:
+        return parse_label_names(text)
+    except LoSamError as err:
+        raise argparse.ArgumentTypeError(f"--labels {text!r}: {err}") from None
 
 
 def add_label_options(parser) -> None:

@@ -50,6 +50,9 @@ class LoSamConfig(PeftConfig):
     layer_norm_eps: float = field(default=1e-6, metadata={"help": "Epsilon of the prompt layers' LayerNorms."})
     encoder_hidden_size: Optional[int] = field(default=None, metadata={"help": "Hidden size of the encoder."})
     encoder_num_layers: Optional[int] = field(default=None, metadata={"help": "Number of encoder blocks."})
+    encoder_block: Optional[str] = field(
+        default=None, metadata={"help": "Class of the prompted blocks (SamVisionLayer, Dinov2Layer, ViTLayer ...)."}
+    )
     num_labels: Optional[int] = field(default=None, metadata={"help": "Number of classes of the head."})
     id2label: Optional[dict] = field(default=None, metadata={"help": "Class names by id."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Encoder input size used in training."})

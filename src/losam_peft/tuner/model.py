@@ -75,6 +75,7 @@ class LoSamModel(BaseTuner):
         _check_recorded("encoder_hidden_size", config.encoder_hidden_size, hidden, adapter_name)
         _check_recorded("encoder_num_layers", config.encoder_num_layers, len(blocks), adapter_name)
         config.encoder_hidden_size, config.encoder_num_layers = hidden, len(blocks)
+        config.encoder_block = block_kind
         model_config = getattr(model, "config", None)
         model_labels = getattr(model_config, "num_labels", None) if hasattr(model, "segmentation_head") else None
         if model_labels is not None:
