@@ -393,3 +393,35 @@ def test_module_boundaries():
     assert not any(name.startswith((".predict", ".data", "losam_peft.predict", "losam_peft.data")) for name in pipeline)
     samples = _imports("data/samples")
     assert "..pipeline" not in samples
+
+
+def test_a_small_gzip_that_inflates_hugely_is_refused_while_streaming(tmp_path):
+    """A 16x16 PNG followed by 512 MiB of zeros, in a file of about 2 MB: refused after about a megabyte is inflated
+    (the bound comes from the header's 16x16 pixels, so a gigabyte bomb stops at the same point)."""
+    import gzip
+    import io
+    import tracemalloc
+
+    from PIL import Image
+
+    from losam_peft.errors import ImageTooLargeError
+    from losam_peft.image_processing_losam import open_image
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(png, format="PNG")
+    path = tmp_path / "bomb.png.gz"
+    zeros = bytes(1 << 24)
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(png.getvalue())
+        for _ in range(32):  # 512 MiB
+            fh.write(zeros)
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    with pytest.raises(ImageTooLargeError, match=r"bomb.png.gz: inflates to more than \d+ bytes"):
+        open_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 << 20  # never held: far below the 512 MiB it inflates to
+    genuine = tmp_path / "genuine.png.gz"
+    genuine.write_bytes(gzip.compress(png.getvalue()))
+    assert open_image(genuine).size == (16, 16)

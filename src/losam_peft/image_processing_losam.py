@@ -65,15 +65,47 @@ _OUTLIER_QUANTILES = (0.001, 0.999)
 
 
 # -- files -----------------------------------------------------------------------------------------------------------
+#: bytes one pixel can take in an image file at most (RGBA, 16 bits a channel), and the room allowed for headers
+_MAX_BYTES_PER_PIXEL, _HEADER_ROOM = 8, 1 << 20
+
+
+def _read_gzip(path: Path, max_pixels: int) -> io.BytesIO:
+    """A ``.gz`` image inflated while streaming, refused before it is held in memory when it inflates to more than
+    its own header's pixels can fill (a gzip bomb: a small file that inflates to gigabytes) or than ``max_pixels``."""
+    cap = max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM
+    chunks, total = [], 0
+    with gzip.open(path, "rb") as fh:
+        head = fh.read(_HEADER_ROOM)
+        chunks.append(head)
+        total = len(head)
+        try:  # the header alone gives the size the rest of the file may take
+            width, height = Image.open(io.BytesIO(head)).size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    "(possible decompression bomb; raise max_pixels if the image is genuine)",
+                    path,
+                )
+            cap = min(cap, width * height * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM)
+        except (OSError, SyntaxError, ValueError):
+            pass  # no readable header in the first megabyte: the general cap applies, and PIL says what is wrong
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > cap:
+                raise ImageTooLargeError(
+                    f"{path}: inflates to more than {cap} bytes, more than its image can hold (possible gzip bomb)",
+                    path,
+                )
+            chunks.append(chunk)
+    return io.BytesIO(b"".join(chunks))
+
+
 def _read_source(path: Path, max_pixels: int):
     if str(path).lower().endswith(".gz"):
-        # cap the decompressed size: a gzip bomb must not exhaust memory before PIL sees a header
-        cap = max_pixels * 8 + (1 << 20)
-        with gzip.open(path, "rb") as fh:
-            data = fh.read(cap + 1)
-        if len(data) > cap:
-            raise ImageTooLargeError(f"{path}: decompresses to more than {cap} bytes", path)
-        return io.BytesIO(data)
+        return _read_gzip(path, max_pixels)
     # read the file in one go and close it: PIL keeps a file it opened itself open after ``load()`` for formats
     # that may hold several frames (GIF, TIFF), which leaks a handle (a ResourceWarning) per image
     with open(path, "rb") as fh:
