@@ -13,6 +13,7 @@ from ..data.sources import load_dataset_split, load_folder, load_training_data
 from ..errors import DataError, LoSamError
 from ..metrics import format_paper_table
 from ..training import train
+from ..training.loop import check_training_folder
 from .common import add_training_options, data_options, num_labels_of, training_config
 
 
@@ -24,6 +25,9 @@ def add_train_parser(sub) -> None:
 
 def run_training(args: argparse.Namespace):
     """Load the data the options name and train; the ``TrainingResult``."""
+    # refused before the data is read: a folder holding another adapter needs --overwrite or --resume-from
+    check_training_folder(args.output_dir, overwrite=getattr(args, "overwrite", False),
+                          resume_from=getattr(args, "resume_from", None))  # fmt: skip
     data = load_training_data(data_options(args), num_labels=num_labels_of(args))
     return train(
         training_config(args, data), data.train, data.eval, val_samples=data.val, val_source=data.val_source,

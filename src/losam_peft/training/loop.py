@@ -96,7 +96,7 @@ def train(
         config.val_ids = [s.id for s in val_samples]
 
     check_label_values(list(train_samples) + list(eval_samples or []) + list(val_samples or []), num_labels)
-    check_training_folder(output_dir, config)
+    check_training_folder(output_dir, overwrite=config.overwrite, resume_from=config.resume_from)
     checkpoint = read_checkpoint(Path(config.resume_from), config) if config.resume_from else None
     precision_note = _choose_precision(config)
     # one run at a time per output folder: a second one refuses (naming the first's pid) instead of mixing files
@@ -505,14 +505,15 @@ def _config_record(config: TrainingConfig, max_steps: int, world: int, image_siz
 RUN_FILES = ("adapter_config.json", "train_config.json", CHECKPOINT_DIR)
 
 
-def check_training_folder(output_dir: Path, config: TrainingConfig) -> None:
-    """Refuse to train into a folder that holds another adapter or run, unless ``config.overwrite`` or the run
-    resumes that folder's own checkpoint."""
+def check_training_folder(output_dir, *, overwrite: bool = False, resume_from=None) -> None:
+    """Refuse to train into a folder that holds another adapter or run, unless ``overwrite`` or the run resumes that
+    folder's own checkpoint (``resume_from``)."""
+    output_dir = Path(output_dir)
     found = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if not found or config.overwrite:
+    if not found or overwrite:
         return
-    if config.resume_from:
-        resumed = Path(config.resume_from).resolve()
+    if resume_from:
+        resumed = Path(resume_from).expanduser().resolve()
         own = output_dir.resolve()
         if resumed in (own, own / CHECKPOINT_DIR, own / (CHECKPOINT_DIR + ".old")):
             return
