@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -213,9 +214,10 @@ def test_bad_outputs_and_inputs_are_clear(tmp_path, folder, pipe):
         predict_paths(pipe, tmp_path / "nothing-here", tmp_path / "out", progress=False)
     # an output folder that breaks mid-run: every image is reported, the run finishes
     out = tmp_path / "broken"
-    out.mkdir()
+    predict_paths(pipe, [folder / "sixteen.png"], out, progress=False)
+    shutil.rmtree(out / "masks")
     (out / "masks").write_text("a file where the masks folder should be")
-    summary = predict_paths(pipe, [folder / "a.png", folder / "cmyk.jpg"], out, progress=False)
+    summary = predict_paths(pipe, [folder / "a.png", folder / "cmyk.jpg"], out, resume=True, progress=False)
     assert summary.processed == 0 and len(summary.failed) == 2
     assert all("cannot write outputs" in reason for _, reason in summary.failed)
 

@@ -336,12 +336,13 @@ class LoSamPipeline:
             tiles=tiles,
         )
 
-    def overlay(self, image, label_map, alpha: float = 0.5) -> Image.Image:
+    def overlay(self, image, label_map, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """``image`` (anything the pipeline accepts: it is decoded first) with the predicted classes drawn over it
-        (class colours as in the saved mask PNGs)."""
+        (class colours as in the saved mask PNGs), and a legend naming them when ``legend``."""
         if isinstance(label_map, SegmentationResult):
             label_map = label_map.label_map
-        return overlay(to_rgb8(image), label_map, alpha=alpha, num_labels=self.num_labels)
+        return overlay(to_rgb8(image), label_map, alpha=alpha, num_labels=self.num_labels,
+                       legend=self.id2label if legend else None)  # fmt: skip
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

@@ -129,13 +129,16 @@ def overlay(
 
 def draw_legend(picture: Image.Image, entries, corner: str = "lower left") -> Image.Image:
     """Draw ``entries`` ((name, rgb) pairs) as colour swatches with their names in a white box in a corner of
-    ``picture`` (in place; also returned)."""
+    ``picture`` (in place; also returned). A picture too small to keep most of itself visible under the box (the box
+    would take more than half its width or height) gets no legend."""
     if not entries:
         return picture
     draw = ImageDraw.Draw(picture)
     swatch, pad = 10, 3
     width = max(draw.textlength(name) for name, _ in entries) + swatch + 3 * pad
     height = len(entries) * (swatch + pad) + pad
+    if width > picture.width / 2 or height > picture.height / 2:
+        return picture
     left = pad if "left" in corner else max(0, picture.width - width - pad)
     top = max(0, picture.height - height - pad) if "lower" in corner else pad
     draw.rectangle([left, top, left + width, top + height], fill=(255, 255, 255), outline=(0, 0, 0))
