@@ -221,3 +221,65 @@ def test_data_convert_never_replaces_its_input(target, workspace, tmp_path, caps
     argv = ["data", "convert", "--dataset", "folder", "--data-root", str(root / "set"), "--output-dir", str(out),
             "--overwrite"]  # fmt: skip
     _refused(argv, capsys, root, (str(out), str(root / "set")))
+
+
+# -- predict (#15.2, #15.4, #15.6) -----------------------------------------------------------------------------------
+def _predict(root: Path, *extra: str) -> list[str]:
+    return ["predict", "--adapter", str(root / "adapter"), "--base", str(root / "base"), "--input",
+            str(root / "set/images"), "--output-dir", str(root / "preds"), "--quiet", "--num-workers", "0",
+            *extra]  # fmt: skip
+
+
+PREDICT_OPTION_FAULTS = {
+    "overlap-without-tile": (["--overlap", "0.5"], "--overlap"),
+    "tile-too-small": (["--tile", "8"], "--tile"),
+    "overlap-one": (["--tile", "32", "--overlap", "1"], "--overlap"),
+    "batch-size-zero": (["--batch-size", "0"], "--batch-size"),
+    "shard-size-without-dataset-output": (["--shard-size", "4"], "--shard-size"),
+}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_OPTION_FAULTS))
+def test_predict_options_are_checked_before_any_work(case, workspace, tmp_path, capsys):
+    extra, named = PREDICT_OPTION_FAULTS[case]
+    root = _copy(workspace, tmp_path, "set", "base", "adapter")
+    try:
+        _refused(_predict(root, *extra), capsys, root, (named,))
+    except SystemExit as exit_:
+        assert exit_.code == 2
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err
+    assert not (root / "preds" / "masks").exists()
+
+
+def test_predict_resume_with_another_adapter_is_refused(workspace, tmp_path, capsys):
+    root = _copy(workspace, tmp_path, "set", "base", "adapter")
+    assert cli_main(_predict(root)) == 0
+    shutil.copytree(root / "adapter", root / "other")
+    with torch.no_grad():  # another adapter: one weight changed
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(root / "other" / "adapter_model.safetensors")
+        first = sorted(weights)[0]
+        weights[first] = weights[first] + 1
+        save_file(weights, root / "other" / "adapter_model.safetensors")
+    argv = _predict(root, "--resume")
+    argv[argv.index("--adapter") + 1] = str(root / "other")
+    _refused(argv, capsys, root, ("predict_settings.json", str(root / "preds")))
+
+
+def test_predict_into_a_foreign_folder_or_over_its_own_outputs_is_refused(workspace, tmp_path, capsys):
+    root = _copy(workspace, tmp_path, "set", "base", "adapter")
+    (root / "preds").mkdir()
+    (root / "preds" / "notes.txt").write_text("someone's notes")
+    _refused(_predict(root), capsys, root, (str(root / "preds"),))
+    (root / "preds" / "notes.txt").unlink()
+    assert cli_main(_predict(root)) == 0
+    _refused(_predict(root), capsys, root, ("--resume", "--overwrite"))  # its own earlier outputs: say which
+
+
+def test_predict_output_inside_its_input_is_refused(workspace, tmp_path, capsys):
+    root = _copy(workspace, tmp_path, "set", "base", "adapter")
+    argv = _predict(root)
+    argv[argv.index("--output-dir") + 1] = str(root / "set" / "images" / "preds")
+    _refused(argv, capsys, root, (str(root / "set" / "images"),))

@@ -246,3 +246,30 @@ def test_resume_never_reuses_a_mask_made_from_another_file(tmp_path, pipe):
     np.testing.assert_array_equal(
         np.asarray(Image.open(out / "masks" / "x.png")), pipe(tmp_path / "one" / "x.png").label_map
     )
+
+
+def test_compile_runs_the_forward_through_torch_compile(saved_adapter, tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from losam_peft.cli import main as cli_main
+
+    adapter, base = saved_adapter
+    seen = []
+
+    def fake_compile(model, **options):  # compiling on 2 CPU cores is slow; what is tested is that it is used
+        seen.append(model)
+
+        def forward(*args, **kwargs):
+            seen.append("called")
+            return model(*args, **kwargs)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    (tmp_path / "in").mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "in/a.png")
+    code = cli_main(["predict", "--adapter", str(adapter), "--base", str(base), "--input", str(tmp_path / "in"),
+                     "--output-dir", str(tmp_path / "out"), "--compile", "--quiet", "--num-workers", "0"])  # fmt: skip
+    assert code == 0 and "called" in seen and (tmp_path / "out" / "masks" / "a.png").is_file()

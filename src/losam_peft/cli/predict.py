@@ -65,6 +65,8 @@ def add_predict_parser(sub) -> None:
     data.add_argument("--no-fov", action="store_true", help="ignore the dataset's fov column")
     parser.add_argument("--num-processes", type=checked(int, {"min": 1}, "--num-processes"), default=1,
                         help="run as N local processes sharing the inputs (like accelerate launch; default: 1)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (slow first images, faster after; most worth it on a GPU)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_predict, predict_parser=parser)
 
@@ -110,6 +112,8 @@ def run_predict(args: argparse.Namespace) -> int:
     pipe = LoSamPipeline.from_pretrained(
         args.adapter, base=args.base, device=device, dtype=args.dtype, revision=args.revision
     )
+    if args.compile:
+        pipe.compile()
     common = dict(progress=not args.quiet, output_format=args.output_format, **settings)
     if args.input_dataset is not None:
         summary = predict_dataset(
