@@ -88,3 +88,15 @@ def test_processor_saves_and_loads_with_auto_class(tmp_path):
     assert (again.image_size, again.mode, again.image_mean) == (96, "paper", [0.5, 0.5, 0.5])
     auto = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(auto, LoSamImageProcessor) and auto.image_size == 96
+
+
+def test_class_map_equals_argmax_with_its_ties():
+    import torch
+
+    from losam_peft.image_processing_losam import class_map
+
+    scores = torch.randn(5, 33, 29, generator=torch.Generator().manual_seed(0))
+    scores[2, :4] = scores[4, :4] = scores.max() + 1  # ties: the first class wins, as with argmax
+    assert torch.equal(class_map(scores, torch.long), scores.argmax(0))
+    assert class_map(scores).dtype == torch.uint8
+    assert class_map(torch.zeros(300, 2, 2)).dtype == torch.int32

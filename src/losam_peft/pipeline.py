@@ -33,7 +33,7 @@ from .adapters import check_adapter_files, load_adapter, read_adapter_config
 from .bases import load_base_model
 from .errors import LoSamValueError
 from .fast_path import default_autocast_dtype
-from .image_processing_losam import LoSamImageProcessor, decode_array, decode_image, to_rgb8
+from .image_processing_losam import LoSamImageProcessor, class_map, decode_array, decode_image, to_rgb8
 from .labels import normalise_id2label
 from .loading import CheckpointError
 from .tiling import tiled_probabilities
@@ -335,7 +335,7 @@ class LoSamPipeline:
         return [self._result(p, n, return_probabilities) for p, n in zip(probs, tiles)]
 
     def _result(self, probs: torch.Tensor, tiles: int, return_probabilities: bool) -> SegmentationResult:
-        label_map = probs.argmax(dim=0).to(torch.uint8 if self.num_labels <= 256 else torch.int32).numpy()
+        label_map = class_map(probs).numpy()
         return SegmentationResult(
             label_map=label_map,
             id2label=dict(self.id2label),

@@ -98,7 +98,7 @@ from .atomic import (  # noqa: F401  (atomic_write_text re-exported)
 from .constants import __version__
 from .data.io import binary_mask, split_image_name
 from .errors import DataError, LoSamError, LoSamValueError, OutputExistsError, PredictionError
-from .image_processing_losam import decode_array, open_image
+from .image_processing_losam import class_map, decode_array, open_image
 
 # tiling lives in losam_peft.tiling; the old names stay importable from here
 from .tiling import _check_tile, blend_weights, count_tiles, tile_starts, tiled_probabilities  # noqa: F401
@@ -1434,15 +1434,7 @@ class _Finisher:
 
 
 def _label_map(probs: torch.Tensor) -> np.ndarray:
-    """``probs.argmax(0)`` as uint8 (the first class on ties, as argmax), class by class: on CPU some 25 times
-    faster than ``argmax`` over the leading dimension of a (C, H, W) tensor (measured on 584×565 images)."""
-    best = probs[0].clone()
-    label_map = torch.zeros(probs.shape[1:], dtype=torch.uint8)
-    for c in range(1, probs.shape[0]):
-        better = probs[c] > best
-        label_map[better] = c
-        torch.maximum(best, probs[c], out=best)
-    return label_map.numpy()
+    return class_map(probs, torch.uint8).numpy()
 
 
 def _resumed_row(item: _Item, mask_path, previous, id2label, fraction_columns) -> dict:
