@@ -283,3 +283,43 @@ def test_predict_output_inside_its_input_is_refused(workspace, tmp_path, capsys)
     argv = _predict(root)
     argv[argv.index("--output-dir") + 1] = str(root / "set" / "images" / "preds")
     _refused(argv, capsys, root, (str(root / "set" / "images"),))
+
+
+def _gzip_bomb(path: Path) -> None:
+    """A 16x16 PNG followed by 64 MiB of zeros: a file of a few hundred KB that inflates far past its image."""
+    import gzip
+    import io
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(png, format="PNG")
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(png.getvalue())
+        for _ in range(4):
+            fh.write(bytes(16 << 20))
+
+
+def test_train_on_a_gzip_bomb_is_refused_naming_it(workspace, tmp_path, capsys):
+    root = _copy(workspace, tmp_path, "set", "base")
+    _gzip_bomb(root / "set" / "bomb.png.gz")
+    argv = _train(root)
+    argv[argv.index("--train-image") + 1] = str(root / "set" / "bomb.png.gz")
+    _refused(argv, capsys, root, ("bomb.png.gz",))
+
+
+def test_predict_carries_on_past_bad_inputs_exits_1_and_names_them(workspace, tmp_path, capsys):
+    """Bad inputs are not a refusal: the run goes on, says how many failed, exits 1, and names each in summary.csv."""
+    import csv
+
+    root = _copy(workspace, tmp_path, "set", "base", "adapter")
+    _gzip_bomb(root / "set" / "images" / "bomb.png.gz")
+    (root / "set" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    before = _hashes(root)
+    code = cli_main(_predict(root))
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out + err
+    assert "2 of 4 input(s) could not be segmented" in err
+    with open(root / "preds" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    text = (root / "preds" / "summary.csv").read_text()
+    assert len(rows) == 4 and "bomb.png.gz" in text and "broken.png" in text
+    assert {k: v for k, v in _hashes(root).items() if k in before} == before
