@@ -89,6 +89,8 @@ PRESETS = {
         compile_batch_sizes=[4],
         checkpoint_models=["vit_h"],
         time_budget=480.0,
+        # a compiled configuration starts only with this much of the budget left (compiling vit_h takes ~1-2 min)
+        compile_reserve=90.0,
     ),
 }
 
@@ -282,10 +284,11 @@ def machine_info(device: torch.device) -> dict:
 class Runner:
     """One benchmark configuration on a shared model: its inputs, optimizer, step function and measurements."""
 
-    def __init__(self, model, res: Result, device: torch.device):
+    def __init__(self, model, res: Result, device: torch.device, compile_backend: str = "inductor"):
         from losam_peft.fast_path import autocast_context
 
         self.model, self.res, self.device = model, res, device
+        self.compile_backend = compile_backend
         self.runner = model
         self.amp = autocast_context(device, DTYPES[res.dtype])
         g = torch.Generator(device="cpu").manual_seed(1)
@@ -315,7 +318,7 @@ class Runner:
         self.model.train(self.res.mode == "train")
         if self.res.compiled and self.runner is self.model:
             torch._dynamo.reset()
-            self.runner = torch.compile(self.model)
+            self.runner = torch.compile(self.model, backend=self.compile_backend)
 
     def step(self, amp=None):
         amp = self.amp if amp is None else amp
@@ -510,6 +513,12 @@ def parse_args(argv=None):
         help="also run the fast path under torch.compile",
     )
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (default inductor; 'eager' exercises the compiled code path without codegen)",
+    )
+    p.add_argument("--device", help="override the preset's device (e.g. run the gpu preset's plan on cpu as a smoke)")
     p.add_argument("--compile-stock", action="store_true", help="compile the stock path too")
     p.add_argument("--grad-ckpt", action="store_true", help="add fast-path training runs with gradient checkpointing")
     p.add_argument("--warmup", type=int)
@@ -558,6 +567,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.device:
+        cfg["device"] = args.device
     device = torch.device(cfg["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: the gpu preset needs a CUDA device", file=sys.stderr)
@@ -588,22 +599,33 @@ def main(argv=None) -> int:
 
     results: list[Result] = []
     profiles: dict[str, str] = {}
-    for name in cfg["models"]:
+    flops_by_model: dict[str, dict[tuple, float]] = {}
+    # Eager configurations of every model first, compiled ones after them: under the time budget the table then has
+    # every model's eager rows before any time goes into compiling.
+    schedule = [(name, False) for name in cfg["models"]]
+    if cfg["compile"]:
+        schedule += [(name, True) for name in cfg["models"]]
+    for name, phase_compiled in schedule:
         if budget and time.perf_counter() - started > budget:
-            results.append(Result(name, "-", "-", "-", 0, cfg["image_size"], error="skipped (time budget)"))
+            results.append(
+                Result(
+                    name, "-", "-", "-", 0, cfg["image_size"], compiled=phase_compiled, error="skipped (time budget)"
+                )
+            )
             continue
         model = build_model(name, cfg["image_size"], device)
-        model_flops: dict[tuple, float] = {}
+        model_flops = flops_by_model.setdefault(name, {})
         interleave = cfg.get("interleave", device.type == "cpu") if args.interleave is None else args.interleave
         plan = []
-        for mode in cfg["modes"]:
-            for batch in cfg["batch_sizes"]:
-                for dtype in dtypes:
-                    for path in cfg["paths"]:
-                        plan.append((mode, batch, dtype, path, False, False))
-                    if mode == "train" and name in cfg.get("checkpoint_models", []) and "fast" in cfg["paths"]:
-                        plan.append((mode, batch, dtype, "fast", False, True))
-        if cfg["compile"]:
+        if not phase_compiled:
+            for mode in cfg["modes"]:
+                for batch in cfg["batch_sizes"]:
+                    for dtype in dtypes:
+                        for path in cfg["paths"]:
+                            plan.append((mode, batch, dtype, path, False, False))
+                        if mode == "train" and name in cfg.get("checkpoint_models", []) and "fast" in cfg["paths"]:
+                            plan.append((mode, batch, dtype, "fast", False, True))
+        else:
             for mode in cfg["modes"]:
                 for batch in cfg.get("compile_batch_sizes", cfg["batch_sizes"]):
                     for dtype in dtypes:
@@ -631,12 +653,13 @@ def main(argv=None) -> int:
             for mode, batch, dtype, path, compiled, ckpt in group:
                 res = Result(name, path, mode, dtype, batch, cfg["image_size"], compiled=compiled, checkpointing=ckpt)
                 results.append(res)
-                if budget and time.perf_counter() - started > budget:
+                left = budget - (time.perf_counter() - started) if budget else None
+                if left is not None and (left <= 0 or (compiled and left < cfg.get("compile_reserve", 0.0))):
                     res.error = "skipped (time budget)"
                     continue
                 res.loadavg = loadavg()
                 try:
-                    r = Runner(model, res, device)
+                    r = Runner(model, res, device, args.compile_backend)
                     r.activate()
                     if not args.no_flops and model_flops.get((mode, batch, path, ckpt)) is None:
                         r.count_flops()
@@ -699,7 +722,7 @@ def main(argv=None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        if cfg["compile"]:
+        if phase_compiled:
             torch._dynamo.reset()
 
     elapsed = time.perf_counter() - started

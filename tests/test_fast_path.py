@@ -16,6 +16,7 @@ from transformers.models.sam.modeling_sam import (
     SamVisionSdpaAttention,
 )
 
+import losam_peft.fast_path as fp
 from losam_peft.fast_path import (
     autocast_context,
     default_autocast_dtype,
@@ -168,8 +169,9 @@ def _freeze(encoder):
 
 
 @pytest.mark.parametrize("image_size,window_size,global_idx", [(128, 4, (1,)), (96, 4, (1,)), (64, 14, (0,))])
-def test_prompt_gradients_match_stock(image_size, window_size, global_idx):
-    mode = "auto"  # with gradients flowing, "auto" is the folded SDPA path
+@pytest.mark.parametrize("mode", ["auto", "fold", "bias_chunks"])
+def test_prompt_gradients_match_stock(image_size, window_size, global_idx, mode):
+    # with gradients flowing on CPU, "auto" and "bias_chunks" run the bias-chunk forward with the folded backward
     encoder = make_encoder(image_size, window_size, global_idx)
     _freeze(encoder)
     prompts = PerturbationPrompts(encoder, encoder.config.hidden_size)
@@ -352,3 +354,86 @@ def test_fast_model_pickles_and_deepcopies():
         ref = encoder(x).last_hidden_state
         assert torch.equal(loaded(x).last_hidden_state, ref)
         assert torch.equal(twin(x).last_hidden_state, ref)
+
+
+def _reference_attention(query, key, value, rel_h, rel_w, scale):
+    """SAM's attention written out: dense decomposed rel-pos bias, softmax, values (differentiable everywhere)."""
+    b, n, seq, _ = query.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, seq, height * width)
+    weights = torch.softmax(query @ key.transpose(-1, -2) * scale + bias, dim=-1)
+    return weights @ value
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 700, 50])  # default budget; batch chunks; row chunks
+@pytest.mark.parametrize("batch,height,width", [(3, 5, 5), (2, 6, 4), (1, 9, 7)])
+def test_bias_chunk_fold_grad_matches_reference(monkeypatch, chunk_elements, batch, height, width):
+    """The training formulation (bias-chunk forward, folded flash backward) against a written-out attention."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(fp, "_BIAS_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    heads, hd, seq = 2, 8, height * width
+    leaves = [
+        torch.randn(batch, heads, seq, hd),
+        torch.randn(batch, heads, seq, hd),
+        torch.randn(batch, heads, seq, hd),
+        torch.randn(batch, heads, height, width, height),
+        torch.randn(batch, heads, height, width, width),
+    ]
+    grad_out = torch.randn(batch, heads, seq, hd)
+    ref_leaves = [t.clone().requires_grad_() for t in leaves]
+    ref = _reference_attention(*ref_leaves, 0.3)
+    ref.backward(grad_out)
+    fast_leaves = [t.clone().requires_grad_() for t in leaves]
+    out = fp._BiasChunkFoldGrad.apply(*fast_leaves, 0.3)
+    assert out.shape == ref.shape
+    assert max_rel_err(out.detach(), ref.detach()) < TOL
+    out.backward(grad_out)
+    for name, a, b in zip(("query", "key", "value", "rel_h", "rel_w"), fast_leaves, ref_leaves):
+        assert max_rel_err(a.grad, b.grad) < TOL, (name, max_rel_err(a.grad, b.grad))
+
+
+def test_auto_mode_uses_bias_chunks_on_cpu_in_every_dtype(monkeypatch):
+    """CPU: bias chunks at the head dim for inference and (paired with the folded backward) training, any dtype."""
+    encoder = make_encoder(96, 4, (1,))
+    attn = encoder.layers[1].attn
+    calls = []
+    for name in ("_bias_chunk_attention", "folded_rel_pos_attention"):
+        original = getattr(fp, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(fp, name, spy)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (torch.randn(1, 3, 36, 16, dtype=dtype) for _ in range(3))
+        calls.clear()
+        with torch.no_grad():
+            fp.rel_pos_attention(attn, q, k, v, 6, 6)
+        assert calls == ["_bias_chunk_attention"], (dtype, calls)
+        q.requires_grad_()
+        calls.clear()
+        fp.rel_pos_attention(attn, q, k, v, 6, 6).float().sum().backward()  # training: the same forward
+        assert calls == ["_bias_chunk_attention"], (dtype, calls)
+        assert q.grad is not None and torch.isfinite(q.grad).all()
+        calls.clear()
+        with torch.no_grad():
+            fp.rel_pos_attention(attn, q, k, v, 6, 6, mode="fold")
+        assert calls == ["folded_rel_pos_attention"]
+
+
+def test_bf16_training_step_close_to_stock():
+    """bf16 autocast training on the fast path (bias-chunk forward + folded backward) stays close to stock bf16."""
+    encoder = make_encoder(128, 4, (1,))
+    _freeze(encoder)
+    prompts = PerturbationPrompts(encoder, encoder.config.hidden_size)
+    x = torch.randn(2, 3, 128, 128)
+    target = torch.randn(2, 32, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_out, ref_grads = _train_step_grads(encoder, prompts, x, target)
+        enable_fast_path(encoder)
+        out, grads = _train_step_grads(encoder, prompts, x, target)
+    assert rel_err(out.float(), ref_out.float()) < 5e-2
+    for name, g in ref_grads.items():
+        assert rel_err(grads[name].float(), g.float()) < 5e-2, (name, rel_err(grads[name].float(), g.float()))

@@ -5,18 +5,21 @@ transformers' ``SamVisionSdpaAttention`` adds SAM's decomposed relative-position
 image and per global layer in float32, it is written twice (an add and a reshape copy) and it forces SDPA off
 its fused kernels on GPU.  The fast path computes the same attention without ever building that tensor:
 
-* **folded attention** (training, GPU, bf16 on CPU): with ``rel_h[i, r] = q_i . R_h[row(i) - r]`` and
-  ``rel_w[i, c] = q_i . R_w[col(i) - c]`` the bias of query ``i`` and key ``j`` is
-  ``rel_h[i, row(j)] + rel_w[i, col(j)]``.  Appending ``rel_h`` and ``rel_w`` to the scaled query and the
-  one-hot row and column coordinates of each key to the key gives
+* **folded attention** (GPU, and whenever ``torch.compile`` traces the model): with
+  ``rel_h[i, r] = q_i . R_h[row(i) - r]`` and ``rel_w[i, c] = q_i . R_w[col(i) - c]`` the bias of query ``i`` and
+  key ``j`` is ``rel_h[i, row(j)] + rel_w[i, col(j)]``.  Appending ``rel_h`` and ``rel_w`` to the scaled query and
+  the one-hot row and column coordinates of each key to the key gives
   ``q'_i . k'_j = scale * q_i . k_j + bias_ij`` exactly, so a plain SDPA call with ``scale=1`` (flash or
   memory-efficient kernel, fully differentiable) computes SAM's attention.  The value is zero-padded to the
   query width (the CPU and CUDA flash kernels need equal head dims), and the width is rounded up to a multiple
-  of 8 on CUDA and of 32 for bf16 on CPU (where the AMX kernel is much faster at such widths).
-* **bias chunks** (float32 CPU inference, eager): the bias is built a few query rows at a time into a small
-  contiguous buffer and handed to the fused CPU SDPA kernel with the original head dim.  In float32 on CPU this
-  is cheaper than the 3x wider folded product, and it never holds more than ~64 MB of bias.  It is used only
-  where no gradient has to flow through the relative terms.
+  of 8 on CUDA and of 32 for bf16 on CPU.
+* **bias chunks** (CPU, every dtype, inference and training): the bias is built a few query rows at a time into
+  a small contiguous buffer and handed to the fused CPU SDPA kernel with the original head dim, which takes about
+  half the time of the 3x wider folded product (float32 and bf16 alike; it never holds more than ~64 MB of bias).
+  Where gradients flow, the chunked forward keeps the softmax log-sum-exp and the backward is the CPU flash
+  kernel's backward on the folded operands (:class:`_BiasChunkFoldGrad`): the folded scores equal the biased
+  scores, so the forward's output (zero-padded) and log-sum-exp are exactly what that backward expects, and its
+  query gradient carries the gradients of the relative terms.
 * **flex** (opt-in, for ``torch.compile`` on GPU): FlexAttention with a ``score_mod`` reading ``rel_h`` and
   ``rel_w``.
 
@@ -186,31 +189,38 @@ def folded_rel_pos_attention(
     ``query``/``key``/``value``: (B, heads, H*W, hd); ``rel_h``: (B, heads, H, W, H); ``rel_w``:
     (B, heads, H, W, W).  Returns (B, heads, H*W, hd).
     """
-    b, n, seq, d = query.shape
-    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    d = query.shape[-1]
     if pad_value_to_query is None:
         pad_value_to_query = True  # the CPU flash kernel and CUDA flash need equal q/k/v head dims
     if multiple_of is None:
         # CUDA flash wants head dims in multiples of 8; the CPU kernel's bf16 (AMX) path is markedly faster at
         # multiples of 32 (a 14x14-window fold is 64+28=92 wide: padded to 96 it runs ~1.3x faster).
         multiple_of = 8 if query.is_cuda else (32 if query.dtype in (torch.bfloat16, torch.float16) else 1)
-    extra = height + width
-    width_qk = d + extra
-    tail = (-width_qk) % multiple_of
-    parts_q = [query * scale, rel_h.reshape(b, n, seq, height), rel_w.reshape(b, n, seq, width)]
-    coords = _one_hot_coords(height, width, query.device, query.dtype)
-    if tail:
-        parts_q.append(query.new_zeros(b, n, seq, tail))
-        coords = F.pad(coords, (0, tail))
-    q_aug = torch.cat(parts_q, dim=-1)
-    k_aug = torch.cat([key, coords.expand(b, n, seq, coords.shape[-1])], dim=-1)
-    v_aug = F.pad(value, (0, q_aug.shape[-1] - d)) if pad_value_to_query else value
+    q_aug, k_aug, v_aug = _fold_operands(query, key, value, rel_h, rel_w, scale, multiple_of)
+    if not pad_value_to_query:
+        v_aug = value
     out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)
     return out[..., :d] if pad_value_to_query else out
 
 
-def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale):
-    """Exact attention with the rel-pos bias materialised a few query rows at a time (no autograd into it)."""
+def _chunk_sdpa(query, key, value, bias, scale, lse_out):
+    """One bias chunk through the fused CPU SDPA kernel; with ``lse_out`` also its log-sum-exp (for the backward)."""
+    if lse_out is None:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, False, attn_mask=bias, scale=scale
+    )
+    lse_out.copy_(lse)
+    return out
+
+
+def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None):
+    """Exact attention at the original head dim, the rel-pos bias materialised a few query rows at a time.
+
+    The bias chunks are written in place, so nothing here is differentiable; :class:`_BiasChunkFoldGrad` gives it a
+    backward.  ``lse`` (B, heads, H*W) float32, optional: receives the softmax log-sum-exp of every query (the CPU
+    flash kernel's, so the chunks go through its aten op directly).
+    """
     b, n, seq, d = query.shape
     height, width = rel_h.shape[-1], rel_w.shape[-1]
     per_row = n * width * seq  # bias elements of one query row of one image
@@ -229,8 +239,13 @@ def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale):
             else:
                 bias = buf[: (e - s) * per_row * height].view(e - s, n, height, width, height, width)
                 torch.add(rel_h[s:e, ..., :, None], rel_w[s:e, ..., None, :], out=bias)
-            out_view[s:e] = F.scaled_dot_product_attention(
-                query[s:e], key[s:e], value[s:e], attn_mask=bias.reshape(e - s, n, seq, seq), scale=scale
+            out_view[s:e] = _chunk_sdpa(
+                query[s:e],
+                key[s:e],
+                value[s:e],
+                bias.reshape(e - s, n, seq, seq),
+                scale,
+                None if lse is None else lse[s:e],
             )
         return out_view
     rows = max(1, _BIAS_CHUNK_ELEMENTS // per_row)
@@ -245,14 +260,69 @@ def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale):
                 bias = buf[: m * per_row].view(n, m, width, height, width)
                 torch.add(rel_h[i, :, r : r + m, :, :, None], rel_w[i, :, r : r + m, :, None, :], out=bias)
             qs = slice(r * width, (r + m) * width)
-            out_view[i : i + 1, :, qs] = F.scaled_dot_product_attention(
+            out_view[i : i + 1, :, qs] = _chunk_sdpa(
                 query[i : i + 1, :, qs],
                 key[i : i + 1],
                 value[i : i + 1],
-                attn_mask=bias.reshape(1, n, m * width, seq),
-                scale=scale,
+                bias.reshape(1, n, m * width, seq),
+                scale,
+                None if lse is None else lse[i : i + 1, :, qs],
             )
     return out_view
+
+
+def _fold_operands(query, key, value, rel_h, rel_w, scale, multiple_of):
+    """The augmented (query, key, value) of the folded attention; see :func:`folded_rel_pos_attention`."""
+    b, n, seq, d = query.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    tail = (-(d + height + width)) % multiple_of
+    parts_q = [query * scale, rel_h.reshape(b, n, seq, height), rel_w.reshape(b, n, seq, width)]
+    coords = _one_hot_coords(height, width, query.device, query.dtype)
+    if tail:
+        parts_q.append(query.new_zeros(b, n, seq, tail))
+        coords = F.pad(coords, (0, tail))
+    q_aug = torch.cat(parts_q, dim=-1)
+    k_aug = torch.cat([key, coords.expand(b, n, seq, coords.shape[-1])], dim=-1)
+    v_aug = F.pad(value, (0, q_aug.shape[-1] - d))
+    return q_aug, k_aug, v_aug
+
+
+class _BiasChunkFoldGrad(torch.autograd.Function):
+    """CPU training attention: the bias-chunk forward at the head dim, the folded attention's fused backward.
+
+    Forward: :func:`_bias_chunk_attention` (SDPA at width ``hd`` plus a bias chunk, about half the time of the
+    ``hd + H + W`` wide folded forward), keeping the softmax log-sum-exp.  Backward: the CPU flash kernel's backward
+    on the folded operands, fed the forward's output (zero-padded: the folded value is ``value`` zero-padded, so the
+    folded output is ``out`` zero-padded) and log-sum-exp (the folded scores are the biased scores).  Its query
+    gradient carries the gradients of ``rel_h`` and ``rel_w`` in the folded columns, exactly as in the fold.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, rel_h, rel_w, scale):
+        b, n, seq, _ = query.shape
+        lse = query.new_empty(b, n, seq, dtype=torch.float32)
+        out = _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=lse)
+        ctx.scale = scale
+        ctx.save_for_backward(query, key, value, rel_h, rel_w, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, rel_h, rel_w, out, lse = ctx.saved_tensors
+        scale = ctx.scale
+        b, n, seq, d = query.shape
+        height, width = rel_h.shape[-1], rel_w.shape[-1]
+        multiple = 32 if query.dtype in (torch.bfloat16, torch.float16) else 1
+        q_aug, k_aug, v_aug = _fold_operands(query, key, value, rel_h, rel_w, scale, multiple)
+        wide = q_aug.shape[-1] - d
+        grad_out = grad_out.to(query.dtype)
+        dq_aug, dk_aug, dv_aug = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            F.pad(grad_out, (0, wide)), q_aug, k_aug, v_aug, F.pad(out, (0, wide)), lse, 0.0, False, scale=1.0
+        )
+        grad_q = dq_aug[..., :d] * scale
+        grad_h = dq_aug[..., d : d + height].reshape(rel_h.shape)
+        grad_w = dq_aug[..., d + height : d + height + width].reshape(rel_w.shape)
+        return grad_q, dk_aug[..., :d], dv_aug[..., :d], grad_h, grad_w, None
 
 
 def _flex_attention(query, key, value, rel_h, rel_w, scale):
@@ -270,15 +340,16 @@ def _flex_attention(query, key, value, rel_h, rel_w, scale):
 
 
 def _auto_mode(query, key, value, rel_h, rel_w) -> str:
-    """Folded SDPA, except for float32 CPU inference where the chunked bias + fused CPU kernel is faster.
+    """Bias chunks on CPU (inference and training, every dtype), the folded SDPA elsewhere and when compiling.
 
-    Measured on a 2-core AMX CPU (benchmarks/RESULTS.md): in float32 the CPU flash kernel with a bias chunk at the
-    original head dim beats the 3x wider folded product; in bf16 the folded product (AMX) wins.  The bias chunks
-    carry no gradient to the relative terms, so any case where gradients flow takes the folded path.
+    Measured on 2-core CPUs (benchmarks/RESULTS.md): the CPU flash kernel at the original head dim with a bias chunk
+    takes about half the time of the 3x wider folded product, in float32 and in bf16; with gradients flowing the
+    bias-chunk forward is paired with the folded backward (:class:`_BiasChunkFoldGrad`).  On CUDA the folded
+    product keeps SDPA on its flash/memory-efficient kernels, which a dense bias would not.
     """
-    if query.device.type != "cpu" or query.dtype != torch.float32 or torch.compiler.is_compiling():
+    if query.device.type != "cpu" or torch.compiler.is_compiling():
         return "fold"
-    return "fold" if _needs_grad(query, key, value, rel_h, rel_w) else "bias_chunks"
+    return "bias_chunks"
 
 
 def _needs_grad(*tensors) -> bool:
@@ -298,9 +369,11 @@ def rel_pos_attention(attn: SamVisionAttention, query, key, value, height: int, 
     if mode == "fold":
         return folded_rel_pos_attention(query, key, value, rel_h, rel_w, attn.scale)
     if mode == "bias_chunks":
-        if _needs_grad(query, key, value, rel_h, rel_w):  # the chunks are written in place: inference only
-            return folded_rel_pos_attention(query, key, value, rel_h, rel_w, attn.scale)
-        return _bias_chunk_attention(query, key, value, rel_h, rel_w, attn.scale)
+        if not _needs_grad(query, key, value, rel_h, rel_w):
+            return _bias_chunk_attention(query, key, value, rel_h, rel_w, attn.scale)
+        if query.device.type == "cpu" and not torch.compiler.is_compiling():
+            return _BiasChunkFoldGrad.apply(query, key, value, rel_h, rel_w, attn.scale)
+        return folded_rel_pos_attention(query, key, value, rel_h, rel_w, attn.scale)
     if mode == "flex":
         return _flex_attention(query, key, value, rel_h, rel_w, attn.scale)
     raise LoSamValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
@@ -514,10 +587,9 @@ def enable_fast_path(
     Args:
         encoder: a ``SamVisionEncoder`` or any module containing ``SamVisionLayer`` instances (e.g. wrapped by a
             PEFT adapter as ``base_layer``).
-        attention: ``"auto"`` (folded SDPA where gradients flow, on GPU and in bf16; bias chunks for float32
-            CPU inference),
-            ``"fold"``, ``"bias_chunks"`` (inference only) or ``"flex"`` (FlexAttention; meant for
-            ``torch.compile`` on GPU).
+        attention: ``"auto"`` (bias chunks on CPU in every dtype, with the folded backward where gradients flow;
+            folded SDPA on GPU and under ``torch.compile``), ``"fold"``, ``"bias_chunks"`` (on GPU with gradients
+            it falls back to the fold) or ``"flex"`` (FlexAttention; meant for ``torch.compile`` on GPU).
         gradient_checkpointing: if set, turn activation checkpointing of each frozen block on/off (non-reentrant
             ``torch.utils.checkpoint``; only active in training mode with gradients enabled).  Useful for large
             batches: each block then keeps only its input for the backward pass.
