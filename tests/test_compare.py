@@ -131,3 +131,17 @@ def test_compare_needs_evaluation_data(tmp_path, capsys):
     assert "needs evaluation data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", "--base", "x", "--output-dir", "y", "--methods", "losam,prefix"])
+
+
+def test_lora_targets_default_to_the_base_s_attention_projections():
+    from helpers import tiny_model
+
+    from losam_peft.baselines import default_lora_targets
+
+    assert default_lora_targets(tiny_model()) == ["qkv"]
+    from losam_peft import Dinov2ForLoSamSegmentation
+    from losam_peft.configuration_losam_backbones import LoSamDinov2SegmentationConfig
+
+    config = LoSamDinov2SegmentationConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64, image_size=28, patch_size=14, num_labels=2)  # fmt: skip
+    assert default_lora_targets(Dinov2ForLoSamSegmentation(config)) == ["q_proj", "v_proj"]

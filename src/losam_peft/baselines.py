@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -46,7 +46,7 @@ METHODS = ("losam", "head", "lora", "full")
 METHOD_TITLES = {
     "losam": "LoSAM (prompt layers + head)",
     "head": "head only (frozen SAM)",
-    "lora": "LoRA on attention qkv + head",
+    "lora": "LoRA on the attention projections + head",
     "full": "full fine-tuning",
 }
 METHOD_FILE = "method.json"
@@ -65,7 +65,23 @@ class MethodOptions:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_targets: list = field(default_factory=lambda: ["qkv"])
+    #: module names LoRA adapts; None: the base's attention projections (:func:`default_lora_targets`)
+    lora_targets: list | None = None
+
+
+def default_lora_targets(model) -> list[str]:
+    """The attention projections of ``model``'s encoder: SAM's fused ``qkv``, or DINOv2's and ViT's query and value
+    projections."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if "qkv" in names:
+        return ["qkv"]
+    for pair in (["q_proj", "v_proj"], ["query", "value"]):  # transformers 5's names, and earlier releases'
+        if set(pair) <= names:
+            return pair
+    raise LoSamValueError(
+        f"{type(model).__name__} has no qkv, q_proj/v_proj or query/value projections for LoRA; name the modules "
+        "with lora_targets"
+    )
 
 
 # -- preparing the model of each method ---------------------------------------------------------------------------------
@@ -108,7 +124,7 @@ def prepare_method(method: str, base_model, config, options: MethodOptions | Non
         r=options.lora_rank,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
-        target_modules=list(options.lora_targets),
+        target_modules=list(options.lora_targets or default_lora_targets(base_model)),
         modules_to_save=["segmentation_head"],
         bias="none",
     )
@@ -127,6 +143,9 @@ def method_record(method: str, model, config, options: MethodOptions) -> dict:
     }
     if method == "lora":
         record["lora"] = dataclasses.asdict(options)
+        targets = getattr(getattr(model, "peft_config", {}).get("default"), "target_modules", None)
+        if targets:  # the modules adapted, also when the base's default was used
+            record["lora"]["lora_targets"] = sorted(targets)
     return record
 
 

@@ -68,8 +68,9 @@ def add_compare_parser(sub) -> None:
                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")  # fmt: skip
     group.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="(default: %(default)s)")
     group.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha, help="(default: %(default)s)")
-    group.add_argument("--lora-targets", default=",".join(defaults.lora_targets),
-                       help="comma-separated module names for LoRA (default: %(default)s)")  # fmt: skip
+    group.add_argument("--lora-targets", default=None,
+                       help="comma-separated module names for LoRA (default: the base's attention projections, qkv on "
+                            "SAM, q_proj,v_proj on DINOv2 and ViT)")  # fmt: skip
     group.add_argument("--device", default=None, help="evaluation device (default: best available)")
     group.add_argument("--dtype", default=None, help="evaluation autocast dtype: bf16, fp16 or fp32")
     group.add_argument("--eval-batch-size", type=int, default=1, help="(default: %(default)s)")
@@ -115,7 +116,7 @@ def run_compare(args: argparse.Namespace) -> int:
     method_options = MethodOptions(
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
-        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()],
+        lora_targets=[t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None,
     )
     comparison = compare_methods(
         config,
