@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==${LOSAM_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,app]"
 .venv/bin/python -c "import losam_peft, torch; print('losam-peft', losam_peft.__version__, '| torch', torch.__version__)"
