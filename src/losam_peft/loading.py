@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .configuration_losam import LoSamSegmentationConfig, normalize_config_dict
 from .constants import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
-from .errors import CheckpointError
+from .errors import CheckpointError, LoSamValueError
 
 WEIGHTS_NAME = SAFE_WEIGHTS_NAME
 WEIGHTS_INDEX_NAME = SAFE_WEIGHTS_INDEX_NAME
@@ -84,9 +84,28 @@ def resolve_file(source: str, filename: str, *, required: bool = True, subfolder
         ) from None
 
 
-def load_vision_config(source: str, subfolder: str = "", **hub_kwargs) -> LoSamSegmentationConfig:
-    """The ``LoSamSegmentationConfig`` of a SAM checkpoint (a ``SamModel``'s vision part, a ``SamVisionModel``'s
-    config, or a folder written by ``SamForSemanticSegmentation``, old or new)."""
+#: ``from_pretrained`` keyword arguments that say where a checkpoint on the Hub is (passed on to ``resolve_file``)
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
+
+
+def pretrained_source(pretrained_model_name_or_path, kwargs: dict) -> tuple[str, str, dict]:
+    """``(source, subfolder, hub_kwargs)`` of a ``from_pretrained`` call, after refusing what would not load from
+    safetensors (``use_safetensors=False``, ``state_dict=``, ``gguf_file=``); sets ``use_safetensors=True`` in
+    ``kwargs``. The one check behind every model class's ``from_pretrained``."""
+    if pretrained_model_name_or_path is None:
+        raise LoSamValueError("from_pretrained needs a checkpoint (a local folder or a Hub id)")
+    if kwargs.get("use_safetensors") is False:
+        raise CheckpointError("losam-peft loads weights from safetensors files only; use_safetensors=False is refused")
+    if kwargs.get("state_dict") is not None or kwargs.get("gguf_file") is not None:
+        raise LoSamValueError("from_pretrained reads safetensors checkpoints only (no state_dict= or gguf_file=)")
+    kwargs["use_safetensors"] = True
+    hub = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
+    return str(pretrained_model_name_or_path), kwargs.get("subfolder") or "", hub
+
+
+def read_config_json(source: str, subfolder: str = "", **hub_kwargs) -> tuple[str, dict]:
+    """``(path, data)`` of a checkpoint's ``config.json``; unreadable JSON or anything but an object is a
+    ``CheckpointError`` naming the file."""
     path = resolve_file(source, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
     try:
         data = json.loads(Path(path).read_text())
@@ -94,6 +113,13 @@ def load_vision_config(source: str, subfolder: str = "", **hub_kwargs) -> LoSamS
         raise CheckpointError(f"{path}: cannot read the configuration ({err})", path) from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{path}: the configuration must be a JSON object", path)
+    return path, dict(data)
+
+
+def load_vision_config(source: str, subfolder: str = "", **hub_kwargs) -> LoSamSegmentationConfig:
+    """The ``LoSamSegmentationConfig`` of a SAM checkpoint (a ``SamModel``'s vision part, a ``SamVisionModel``'s
+    config, or a folder written by ``SamForSemanticSegmentation``, old or new)."""
+    path, data = read_config_json(source, subfolder, **hub_kwargs)
     data = normalize_config_dict(data, source=path)
     data.pop("model_type", None)
     return LoSamSegmentationConfig.from_dict(data)

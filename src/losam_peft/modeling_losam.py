@@ -38,7 +38,13 @@ from .constants import ADAPTER_CONFIG_NAME
 from .errors import CheckpointError, LoSamError, LoSamValueError
 from .fast_path import disable_fast_path, enable_fast_path
 from .labels import normalise_id2label
-from .loading import checkpoint_weight_shapes, load_vision_config, resize_encoder_state_dict, resolve_file
+from .loading import (
+    checkpoint_weight_shapes,
+    load_vision_config,
+    pretrained_source,
+    resize_encoder_state_dict,
+    resolve_file,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -326,22 +332,7 @@ class SamForSemanticSegmentation(SamPreTrainedModel):
 
         Weights are read from safetensors files only; ``use_safetensors=False`` is refused.
         """
-        if pretrained_model_name_or_path is None:
-            raise LoSamValueError("from_pretrained needs a checkpoint (a local folder or a Hub id)")
-        if kwargs.get("use_safetensors") is False:
-            raise CheckpointError(
-                "losam-peft loads weights from safetensors files only; use_safetensors=False is refused"
-            )
-        if kwargs.get("state_dict") is not None or kwargs.get("gguf_file") is not None:
-            raise LoSamValueError("from_pretrained reads safetensors checkpoints only (no state_dict= or gguf_file=)")
-        kwargs["use_safetensors"] = True
-        source = str(pretrained_model_name_or_path)
-        subfolder = kwargs.get("subfolder") or ""
-        hub = {
-            key: kwargs[key]
-            for key in ("revision", "cache_dir", "token", "local_files_only", "force_download")
-            if kwargs.get(key) is not None
-        }
+        source, subfolder, hub = pretrained_source(pretrained_model_name_or_path, kwargs)
 
         # the configuration: the checkpoint's (any SAM flavour, normalised) or the one given
         if config is None:

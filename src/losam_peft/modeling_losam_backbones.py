@@ -21,11 +21,9 @@ folder written by ``save_pretrained``. There is no separate fast path: the encod
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +45,8 @@ from .configuration_losam_backbones import (
     LoSamViTSegmentationConfig,
     normalize_backbone_config_dict,
 )
-from .constants import CONFIG_NAME
 from .errors import CheckpointError, LoSamValueError
-from .loading import checkpoint_weight_shapes, resolve_file
+from .loading import checkpoint_weight_shapes, pretrained_source, read_config_json
 from .modeling_losam import (
     _LOADING_KWARGS,
     _PROCESSOR_OUTPUTS,
@@ -253,20 +250,7 @@ class _TokenEncoderSegmentation:
         ``device``; ``use_fast_path`` is accepted and ignored (SAM only). Everything else is transformers'
         ``PreTrainedModel.from_pretrained``'s, or a config field to override. Safetensors only.
         """
-        if pretrained_model_name_or_path is None:
-            raise LoSamValueError("from_pretrained needs a checkpoint (a local folder or a Hub id)")
-        if kwargs.get("use_safetensors") is False:
-            raise CheckpointError("losam-peft loads weights from safetensors files only; use_safetensors=False is refused")
-        if kwargs.get("state_dict") is not None or kwargs.get("gguf_file") is not None:
-            raise LoSamValueError("from_pretrained reads safetensors checkpoints only (no state_dict= or gguf_file=)")
-        kwargs["use_safetensors"] = True
-        source = str(pretrained_model_name_or_path)
-        subfolder = kwargs.get("subfolder") or ""
-        hub = {
-            key: kwargs[key]
-            for key in ("revision", "cache_dir", "token", "local_files_only", "force_download")
-            if kwargs.get(key) is not None
-        }
+        source, subfolder, hub = pretrained_source(pretrained_model_name_or_path, kwargs)
         where = _where(source, subfolder)
         if config is None:
             config = read_backbone_config(cls.config_class, source, subfolder=subfolder, **hub)
@@ -428,13 +412,7 @@ def backbone_model_class(model_type: str | None) -> type | None:
 
 def read_backbone_config(config_class: type, source: str, subfolder: str = "", **hub_kwargs):
     """``config_class`` from a checkpoint's ``config.json`` (the plain encoder's or one written here)."""
-    path = resolve_file(source, CONFIG_NAME, subfolder=subfolder, **hub_kwargs)
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the configuration ({err})", path) from None
-    if not isinstance(data, Mapping):
-        raise CheckpointError(f"{path}: the configuration must be a JSON object", path)
+    path, data = read_config_json(source, subfolder, **hub_kwargs)
     return config_class.from_dict(normalize_backbone_config_dict(config_class, data, source=str(path)))
 
 
