@@ -167,8 +167,9 @@ def _encoder_key(name: str) -> str | None:
     return None
 
 
-def _head_key(key: str) -> str | None:
-    for source, target in _HEAD.items():
+def _head_key(key: str, names: Mapping[str, str] | None = None) -> str | None:
+    """The LoSAM head's name for a reference head key (``names``: prefix map, SAM's head by default)."""
+    for source, target in (names if names is not None else _HEAD).items():
         if key.startswith(source):
             return target + key[len(source) :]
     match = re.match(r"^ms_conv\.convs\.(\d+)\.(weight|bias)$", key)
@@ -349,13 +350,7 @@ def _dino_block_tensors(rest: str, value: torch.Tensor) -> dict[str, torch.Tenso
 
 
 def _dino_head_key(key: str) -> str | None:
-    for source, target in _DINO_HEAD.items():
-        if key.startswith(source):
-            return target + key[len(source) :]
-    match = re.match(r"^ms_conv\.convs\.(\d+)\.(weight|bias)$", key)
-    if match:
-        return f"multiscale.branches.{match.group(1)}.{match.group(2)}"
-    return None
+    return _head_key(key, _DINO_HEAD)
 
 
 # -- the whole conversion -------------------------------------------------------------------------------------------
