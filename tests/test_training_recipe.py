@@ -283,3 +283,10 @@ def test_training_runs_outside_the_main_thread(tmp_path, base_dir):
     worker.join()
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"].steps == 1
+
+
+def test_the_launcher_s_precision_wins_over_the_paper_preset(tmp_path, base_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as accelerate launch --mixed_precision bf16 sets it
+    result = _run(tmp_path, "launched", base_dir, preset="paper", image_size=64, max_steps=1)
+    assert json.loads((result.output_dir / "train_config.json").read_text())["mixed_precision"] == "bf16"
+    assert "launcher's mixed precision (bf16)" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -529,6 +530,10 @@ def _choose_precision(config: TrainingConfig) -> str | None:
     from_preset = config.preset == "paper" and "mixed_precision" not in getattr(config, "_given", ())
     if not (from_preset and config.mixed_precision == "fp16"):
         return None
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher not in ("", "no"):  # accelerate launch --mixed_precision / accelerate config chose one: it wins
+        config.mixed_precision = None
+        return f"the launcher's mixed precision ({launcher}) is used instead of the paper preset's fp16"
     device = _process_state().device
     if device.type == "cuda":
         return None
