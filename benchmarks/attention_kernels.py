@@ -3,7 +3,7 @@
 
 Interleaves the variants, repeats them, and prints the min and median seconds of each: the folded SDPA
 (``hd + H + W`` wide) against the bias chunks (SDPA at the head dim plus a bias chunk), for inference and for a
-forward + backward (the fold vs the bias-chunk forward with the folded backward, ``_BiasChunkFoldGrad``).
+forward + backward (the fold vs the bias-chunk forward with its chunked backward, ``_BiasChunkAttention``).
 
     python benchmarks/attention_kernels.py                      # vit_b global layer: 12 heads, 64x64 grid
     python benchmarks/attention_kernels.py --grid 14 --batch 25 # the 25 windows of a vit_b windowed layer
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from losam_peft.fast_path import _bias_chunk_attention, _BiasChunkFoldGrad, folded_rel_pos_attention
+from losam_peft.fast_path import _bias_chunk_attention, _BiasChunkAttention, folded_rel_pos_attention
 
 
 def main(argv=None) -> int:
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
         }
         if not args.no_train:
             variants["train fold"] = lambda: folded_rel_pos_attention(*leaves, scale).backward(grad_out)
-            variants["train bias chunks + folded backward"] = lambda: _BiasChunkFoldGrad.apply(*leaves, scale).backward(
-                grad_out
-            )
+            variants["train bias chunks + chunked backward"] = lambda: _BiasChunkAttention.apply(
+                *leaves, scale
+            ).backward(grad_out)
         times: dict[str, list[float]] = {k: [] for k in variants}
         for fn in variants.values():  # warm-up
             fn()

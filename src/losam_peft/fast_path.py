@@ -16,10 +16,10 @@ its fused kernels on GPU.  The fast path computes the same attention without eve
 * **bias chunks** (CPU, every dtype, inference and training): the bias is built a few query rows at a time into
   a small contiguous buffer and handed to the fused CPU SDPA kernel with the original head dim, which takes about
   half the time of the 3x wider folded product (float32 and bf16 alike; it never holds more than ~64 MB of bias).
-  Where gradients flow, the chunked forward keeps the softmax log-sum-exp and the backward is the CPU flash
-  kernel's backward on the folded operands (:class:`_BiasChunkFoldGrad`): the folded scores equal the biased
-  scores, so the forward's output (zero-padded) and log-sum-exp are exactly what that backward expects, and its
-  query gradient carries the gradients of the relative terms.
+  Where gradients flow, the chunked forward keeps the softmax log-sum-exp and the backward recomputes the scores
+  a block of query rows at a time at the head dim (:class:`_BiasChunkAttention`): five GEMMs at width ``hd``
+  plus float32 elementwise work, about half the time of the flash backward on the 3x wider folded operands; the
+  relative terms' gradients are sums of the score gradients over the key grid's rows and columns.
 * **flex** (opt-in, for ``torch.compile`` on GPU): FlexAttention with a ``score_mod`` reading ``rel_h`` and
   ``rel_w``.
 
@@ -83,6 +83,9 @@ ATTENTION_MODES = ("auto", "fold", "bias_chunks", "flex")
 
 # Largest relative-position bias chunk (elements) the CPU "bias_chunks" mode materialises at once.
 _BIAS_CHUNK_ELEMENTS = int(os.environ.get("LOSAM_BIAS_CHUNK_ELEMENTS", 16 * 1024 * 1024))
+# Largest block of float32 scores (elements) the CPU training backward recomputes at once (8 MiB: fastest measured
+# for vit_b global layers on a 2-core CPU, 1-4 Mi elements within 5 %).
+_BACKWARD_CHUNK_ELEMENTS = int(os.environ.get("LOSAM_BACKWARD_CHUNK_ELEMENTS", 2 * 1024 * 1024))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,12 +220,16 @@ def _chunk_sdpa(query, key, value, bias, scale, lse_out):
 def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None):
     """Exact attention at the original head dim, the rel-pos bias materialised a few query rows at a time.
 
-    The bias chunks are written in place, so nothing here is differentiable; :class:`_BiasChunkFoldGrad` gives it a
+    The bias chunks are written in place, so nothing here is differentiable; :class:`_BiasChunkAttention` gives it a
     backward.  ``lse`` (B, heads, H*W) float32, optional: receives the softmax log-sum-exp of every query (the CPU
     flash kernel's, so the chunks go through its aten op directly).
     """
     b, n, seq, d = query.shape
     height, width = rel_h.shape[-1], rel_w.shape[-1]
+    # The bias is summed and handed to the kernel in float32, which is how the kernel adds it in every dtype: a bf16
+    # bias would round rel_h + rel_w (to ~0.4 % of a bias of a few units) before the softmax, and the training
+    # backward recomputes the scores with the unrounded sum.
+    rel_h, rel_w = rel_h.float(), rel_w.float()
     per_row = n * width * seq  # bias elements of one query row of one image
     compiling = torch.compiler.is_compiling()
     out = query.new_empty(b, seq, n, d)
@@ -231,7 +238,7 @@ def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None):
         # Whole images fit the budget: chunk along the batch (windows of a windowed layer land here).
         images = min(b, max(1, _BIAS_CHUNK_ELEMENTS // (per_row * height)))
         images = -(-b // -(-b // images))  # same number of chunks, evenly sized
-        buf = None if compiling else query.new_empty(images * per_row * height)
+        buf = None if compiling else rel_h.new_empty(images * per_row * height)
         for s in range(0, b, images):
             e = min(b, s + images)
             if compiling:  # out= into a view does not trace; inductor fuses the plain add anyway
@@ -250,7 +257,7 @@ def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None):
         return out_view
     rows = max(1, _BIAS_CHUNK_ELEMENTS // per_row)
     rows = -(-height // -(-height // rows))  # same number of chunks, evenly sized
-    buf = None if compiling else query.new_empty(rows * per_row)
+    buf = None if compiling else rel_h.new_empty(rows * per_row)
     for i in range(b):
         for r in range(0, height, rows):
             m = min(rows, height - r)
@@ -287,14 +294,73 @@ def _fold_operands(query, key, value, rel_h, rel_w, scale, multiple_of):
     return q_aug, k_aug, v_aug
 
 
-class _BiasChunkFoldGrad(torch.autograd.Function):
-    """CPU training attention: the bias-chunk forward at the head dim, the folded attention's fused backward.
+def _bias_chunk_attention_backward(query, key, value, rel_h, rel_w, out, lse, grad_out, scale):
+    """Exact gradients of the rel-pos attention at the head dim, the scores recomputed a chunk at a time.
+
+    For a chunk of (image, head, query-row) blocks: ``S = scale * Q K^T + bias`` (the bias from ``rel_h``/``rel_w``,
+    added in float32), ``P = exp(S - lse)`` with the forward's log-sum-exp, ``dS = P * (dO V^T - delta)`` with
+    ``delta = rowsum(dO * O)``, and then ``dQ = scale * dS K``, ``dK += scale * dS^T Q``, ``dV += P^T dO`` and the
+    relative terms' gradients as sums of ``dS`` over the key columns (for ``rel_h``) and key rows (for ``rel_w``) of
+    the key grid.  Five GEMMs at the head dim where the folded flash backward runs five at ``hd + H + W`` (three of
+    them on zero padding): about half its time for a vit_b global layer (benchmarks/RESULTS.md).  The scores and
+    their gradients are float32; the GEMMs run in the inputs' dtype (as the flash kernels' do).
+    """
+    b, n, seq, d = query.shape
+    height, width = rel_h.shape[-1], rel_w.shape[-1]
+    dtype = query.dtype
+    grad_out = grad_out.to(dtype)
+    delta = (grad_out.float() * out.float()).sum(-1)  # (B, heads, seq)
+    rh = rel_h.reshape(b, n, seq, height)
+    rw = rel_w.reshape(b, n, seq, width)
+    grad_q = torch.empty_like(query, memory_format=torch.contiguous_format)
+    grad_k = torch.zeros(b, n, seq, d, dtype=torch.float32, device=query.device)
+    grad_v = torch.zeros(b, n, seq, d, dtype=torch.float32, device=query.device)
+    grad_h = torch.empty(b, n, seq, height, dtype=rel_h.dtype, device=rel_h.device)
+    grad_w = torch.empty(b, n, seq, width, dtype=rel_w.dtype, device=rel_w.device)
+    # chunk sizes: query rows first, then heads, then images, within the score budget
+    budget = max(1, _BACKWARD_CHUNK_ELEMENTS)
+    rows = max(1, min(seq, budget // seq))
+    rows = -(-seq // -(-seq // rows))  # same number of chunks, evenly sized
+    heads = max(1, min(n, budget // (rows * seq))) if rows == seq else 1
+    images = max(1, min(b, budget // (n * rows * seq))) if heads == n else 1
+    for i0 in range(0, b, images):
+        i1 = min(b, i0 + images)
+        for h0 in range(0, n, heads):
+            h1 = min(n, h0 + heads)
+            pair = (slice(i0, i1), slice(h0, h1))
+            count = (i1 - i0) * (h1 - h0)  # (image, head) pairs in this block, batched through bmm
+            key_blk = key[pair].reshape(count, seq, d)
+            value_blk = value[pair].reshape(count, seq, d)
+            grad_k_blk = grad_k[pair].view(count, seq, d)
+            grad_v_blk = grad_v[pair].view(count, seq, d)
+            for r0 in range(0, seq, rows):
+                r1 = min(seq, r0 + rows)
+                block = (*pair, slice(r0, r1))
+                q_blk = query[block].reshape(count, r1 - r0, d)
+                g_blk = grad_out[block].reshape(count, r1 - r0, d)
+                scores = torch.bmm(q_blk, key_blk.transpose(1, 2)).float().mul_(scale)  # (pairs, rows, seq)
+                grid = scores.view(count, r1 - r0, height, width)
+                grid.add_(rh[block].reshape(count, r1 - r0, height, 1))
+                grid.add_(rw[block].reshape(count, r1 - r0, 1, width))
+                probs = scores.sub_(lse[block].reshape(count, r1 - r0, 1)).exp_()
+                grad_s = torch.bmm(g_blk, value_blk.transpose(1, 2)).float()
+                grad_s.sub_(delta[block].reshape(count, r1 - r0, 1)).mul_(probs)
+                grad_grid = grad_s.view(grid.shape)
+                grad_h[block] = grad_grid.sum(-1).view(grad_h[block].shape)
+                grad_w[block] = grad_grid.sum(-2).view(grad_w[block].shape)
+                grad_s_low, probs_low = grad_s.to(dtype), probs.to(dtype)
+                grad_q[block] = torch.bmm(grad_s_low, key_blk).mul_(scale).view(grad_q[block].shape)
+                grad_k_blk.add_(torch.bmm(grad_s_low.transpose(1, 2), q_blk), alpha=scale)  # float32 sums
+                grad_v_blk.add_(torch.bmm(probs_low.transpose(1, 2), g_blk))
+    return grad_q, grad_k.to(dtype), grad_v.to(dtype), grad_h.view(rel_h.shape), grad_w.view(rel_w.shape)
+
+
+class _BiasChunkAttention(torch.autograd.Function):
+    """CPU training attention: the bias-chunk forward and a chunked exact backward, both at the head dim.
 
     Forward: :func:`_bias_chunk_attention` (SDPA at width ``hd`` plus a bias chunk, about half the time of the
-    ``hd + H + W`` wide folded forward), keeping the softmax log-sum-exp.  Backward: the CPU flash kernel's backward
-    on the folded operands, fed the forward's output (zero-padded: the folded value is ``value`` zero-padded, so the
-    folded output is ``out`` zero-padded) and log-sum-exp (the folded scores are the biased scores).  Its query
-    gradient carries the gradients of ``rel_h`` and ``rel_w`` in the folded columns, exactly as in the fold.
+    ``hd + H + W`` wide folded forward), keeping the softmax log-sum-exp.  Backward:
+    :func:`_bias_chunk_attention_backward`, which recomputes the scores a chunk at a time from that log-sum-exp.
     """
 
     @staticmethod
@@ -309,20 +375,8 @@ class _BiasChunkFoldGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, rel_h, rel_w, out, lse = ctx.saved_tensors
-        scale = ctx.scale
-        b, n, seq, d = query.shape
-        height, width = rel_h.shape[-1], rel_w.shape[-1]
-        multiple = 32 if query.dtype in (torch.bfloat16, torch.float16) else 1
-        q_aug, k_aug, v_aug = _fold_operands(query, key, value, rel_h, rel_w, scale, multiple)
-        wide = q_aug.shape[-1] - d
-        grad_out = grad_out.to(query.dtype)
-        dq_aug, dk_aug, dv_aug = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            F.pad(grad_out, (0, wide)), q_aug, k_aug, v_aug, F.pad(out, (0, wide)), lse, 0.0, False, scale=1.0
-        )
-        grad_q = dq_aug[..., :d] * scale
-        grad_h = dq_aug[..., d : d + height].reshape(rel_h.shape)
-        grad_w = dq_aug[..., d + height : d + height + width].reshape(rel_w.shape)
-        return grad_q, dk_aug[..., :d], dv_aug[..., :d], grad_h, grad_w, None
+        grads = _bias_chunk_attention_backward(query, key, value, rel_h, rel_w, out, lse, grad_out, ctx.scale)
+        return (*grads, None)
 
 
 def _flex_attention(query, key, value, rel_h, rel_w, scale):
@@ -344,7 +398,7 @@ def _auto_mode(query, key, value, rel_h, rel_w) -> str:
 
     Measured on 2-core CPUs (benchmarks/RESULTS.md): the CPU flash kernel at the original head dim with a bias chunk
     takes about half the time of the 3x wider folded product, in float32 and in bf16; with gradients flowing the
-    bias-chunk forward is paired with the folded backward (:class:`_BiasChunkFoldGrad`).  On CUDA the folded
+    bias-chunk forward is paired with a chunked backward at the head dim (:class:`_BiasChunkAttention`).  On CUDA the folded
     product keeps SDPA on its flash/memory-efficient kernels, which a dense bias would not.
     """
     if query.device.type != "cpu" or torch.compiler.is_compiling():
@@ -372,7 +426,7 @@ def rel_pos_attention(attn: SamVisionAttention, query, key, value, height: int, 
         if not _needs_grad(query, key, value, rel_h, rel_w):
             return _bias_chunk_attention(query, key, value, rel_h, rel_w, attn.scale)
         if query.device.type == "cpu" and not torch.compiler.is_compiling():
-            return _BiasChunkFoldGrad.apply(query, key, value, rel_h, rel_w, attn.scale)
+            return _BiasChunkAttention.apply(query, key, value, rel_h, rel_w, attn.scale)
         return folded_rel_pos_attention(query, key, value, rel_h, rel_w, attn.scale)
     if mode == "flex":
         return _flex_attention(query, key, value, rel_h, rel_w, attn.scale)
@@ -587,7 +641,7 @@ def enable_fast_path(
     Args:
         encoder: a ``SamVisionEncoder`` or any module containing ``SamVisionLayer`` instances (e.g. wrapped by a
             PEFT adapter as ``base_layer``).
-        attention: ``"auto"`` (bias chunks on CPU in every dtype, with the folded backward where gradients flow;
+        attention: ``"auto"`` (bias chunks on CPU in every dtype, with their chunked backward where gradients flow;
             folded SDPA on GPU and under ``torch.compile``), ``"fold"``, ``"bias_chunks"`` (on GPU with gradients
             it falls back to the fold) or ``"flex"`` (FlexAttention; meant for ``torch.compile`` on GPU).
         gradient_checkpointing: if set, turn activation checkpointing of each frozen block on/off (non-reentrant
