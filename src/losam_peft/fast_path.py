@@ -217,19 +217,21 @@ def _chunk_sdpa(query, key, value, bias, scale, lse_out):
     return out
 
 
-def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None):
+def _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=None, bias_dtype=None):
     """Exact attention at the original head dim, the rel-pos bias materialised a few query rows at a time.
 
     The bias chunks are written in place, so nothing here is differentiable; :class:`_BiasChunkAttention` gives it a
     backward.  ``lse`` (B, heads, H*W) float32, optional: receives the softmax log-sum-exp of every query (the CPU
-    flash kernel's, so the chunks go through its aten op directly).
+    flash kernel's, so the chunks go through its aten op directly).  ``bias_dtype``: the dtype the bias is summed in
+    (default the inputs', as in transformers' attention; the kernel adds it in float32 either way).  The training
+    attention asks for float32, so that its backward's recomputed scores are exactly the forward's.  Inference keeps
+    the inputs' dtype: a float32 bias made a vit_b bf16 forward ~5 % slower (6.38 s against 6.05 s, median of 4
+    interleaved forwards; its chunks are twice the bytes), and bf16 rounds the bias as the stock bf16 path does.
     """
     b, n, seq, d = query.shape
     height, width = rel_h.shape[-1], rel_w.shape[-1]
-    # The bias is summed and handed to the kernel in float32, which is how the kernel adds it in every dtype: a bf16
-    # bias would round rel_h + rel_w (to ~0.4 % of a bias of a few units) before the softmax, and the training
-    # backward recomputes the scores with the unrounded sum.
-    rel_h, rel_w = rel_h.float(), rel_w.float()
+    if bias_dtype is not None:
+        rel_h, rel_w = rel_h.to(bias_dtype), rel_w.to(bias_dtype)
     per_row = n * width * seq  # bias elements of one query row of one image
     compiling = torch.compiler.is_compiling()
     out = query.new_empty(b, seq, n, d)
@@ -367,7 +369,7 @@ class _BiasChunkAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, rel_h, rel_w, scale):
         b, n, seq, _ = query.shape
         lse = query.new_empty(b, n, seq, dtype=torch.float32)
-        out = _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=lse)
+        out = _bias_chunk_attention(query, key, value, rel_h, rel_w, scale, lse=lse, bias_dtype=torch.float32)
         ctx.scale = scale
         ctx.save_for_backward(query, key, value, rel_h, rel_w, out, lse)
         return out
@@ -479,8 +481,13 @@ class _FastAttentionMixin:
             out = grid.view(batch, height, width, channels)
         else:
             seq = height * width
-            # strided views, no copy: (B, heads, H*W, hd)
-            query, key, value = qkv.reshape(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            # (B, heads, H*W, hd) each.  On CPU one copy into (3, B, heads, H*W, hd) pays for itself: the CPU flash
+            # kernel and the backward's GEMMs read rows 3*C apart in the strided views, and a vit_b global layer's
+            # bias-chunk attention takes ~0.75 s on those against ~0.55 s after the copy in bf16 (RESULTS.md).
+            qkv = qkv.reshape(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            if qkv.device.type == "cpu":
+                qkv = qkv.contiguous()
+            query, key, value = qkv.unbind(0)
             out = rel_pos_attention(self, query, key, value, height, width, mode)
             out = out.transpose(1, 2).reshape(batch, height, width, channels)
         return _linear(self.proj, out), None
