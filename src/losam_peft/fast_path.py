@@ -314,7 +314,7 @@ def _bias_chunk_attention_backward(query, key, value, rel_h, rel_w, out, lse, gr
     delta = (grad_out.float() * out.float()).sum(-1)  # (B, heads, seq)
     rh = rel_h.reshape(b, n, seq, height)
     rw = rel_w.reshape(b, n, seq, width)
-    grad_q = torch.empty_like(query, memory_format=torch.contiguous_format)
+    grad_q = torch.empty(b, n, seq, d, dtype=dtype, device=query.device)
     grad_k = torch.zeros(b, n, seq, d, dtype=torch.float32, device=query.device)
     grad_v = torch.zeros(b, n, seq, d, dtype=torch.float32, device=query.device)
     grad_h = torch.empty(b, n, seq, height, dtype=rel_h.dtype, device=rel_h.device)
@@ -333,8 +333,10 @@ def _bias_chunk_attention_backward(query, key, value, rel_h, rel_w, out, lse, gr
             count = (i1 - i0) * (h1 - h0)  # (image, head) pairs in this block, batched through bmm
             key_blk = key[pair].reshape(count, seq, d)
             value_blk = value[pair].reshape(count, seq, d)
-            grad_k_blk = grad_k[pair].view(count, seq, d)
+            # the outputs are contiguous and a block spans whole images or heads of one image: views, no copies
+            grad_q_blk, grad_k_blk = grad_q[pair].view(count, seq, d), grad_k[pair].view(count, seq, d)
             grad_v_blk = grad_v[pair].view(count, seq, d)
+            grad_h_blk, grad_w_blk = grad_h[pair].view(count, seq, height), grad_w[pair].view(count, seq, width)
             for r0 in range(0, seq, rows):
                 r1 = min(seq, r0 + rows)
                 block = (*pair, slice(r0, r1))
@@ -348,10 +350,10 @@ def _bias_chunk_attention_backward(query, key, value, rel_h, rel_w, out, lse, gr
                 grad_s = torch.bmm(g_blk, value_blk.transpose(1, 2)).float()
                 grad_s.sub_(delta[block].reshape(count, r1 - r0, 1)).mul_(probs)
                 grad_grid = grad_s.view(grid.shape)
-                grad_h[block] = grad_grid.sum(-1).view(grad_h[block].shape)
-                grad_w[block] = grad_grid.sum(-2).view(grad_w[block].shape)
+                grad_h_blk[:, r0:r1] = grad_grid.sum(-1)  # summed in float32, then stored
+                grad_w_blk[:, r0:r1] = grad_grid.sum(-2)
                 grad_s_low, probs_low = grad_s.to(dtype), probs.to(dtype)
-                grad_q[block] = torch.bmm(grad_s_low, key_blk).mul_(scale).view(grad_q[block].shape)
+                torch.bmm(grad_s_low, key_blk, out=grad_q_blk[:, r0:r1]).mul_(scale)
                 grad_k_blk.add_(torch.bmm(grad_s_low.transpose(1, 2), q_blk), alpha=scale)  # float32 sums
                 grad_v_blk.add_(torch.bmm(probs_low.transpose(1, 2), g_blk))
     return grad_q, grad_k.to(dtype), grad_v.to(dtype), grad_h.view(rel_h.shape), grad_w.view(rel_w.shape)
@@ -400,8 +402,8 @@ def _auto_mode(query, key, value, rel_h, rel_w) -> str:
 
     Measured on 2-core CPUs (benchmarks/RESULTS.md): the CPU flash kernel at the original head dim with a bias chunk
     takes about half the time of the 3x wider folded product, in float32 and in bf16; with gradients flowing the
-    bias-chunk forward is paired with a chunked backward at the head dim (:class:`_BiasChunkAttention`).  On CUDA the folded
-    product keeps SDPA on its flash/memory-efficient kernels, which a dense bias would not.
+    bias-chunk forward is paired with a chunked backward at the head dim (:class:`_BiasChunkAttention`).  On CUDA
+    the folded product keeps SDPA on its flash/memory-efficient kernels, which a dense bias would not.
     """
     if query.device.type != "cpu" or torch.compiler.is_compiling():
         return "fold"
