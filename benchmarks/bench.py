@@ -150,12 +150,15 @@ def build_model(name: str, image_size: int, device: torch.device, num_labels: in
     else:
         config = sam_vision_config(name, image_size=image_size, initializer_range=0.02, num_labels=num_labels)
     torch.manual_seed(0)
-    model = SamForSemanticSegmentation(config)
-    with torch.no_grad():  # transformers zero-initialises the position tables; pretrained ones are not zero
-        for pname, param in model.vision_encoder.named_parameters():
-            if "rel_pos" in pname or "pos_embed" in pname:
-                param.normal_(0.0, 0.02)
-    model = peft.get_peft_model(model, LoSamConfig())
+    # Built on the device itself: initialising vit_h's 630 M weights on the host and copying them over takes longer
+    # than most of its measurements.
+    with torch.device(device):
+        model = SamForSemanticSegmentation(config)
+        with torch.no_grad():  # transformers zero-initialises the position tables; pretrained ones are not zero
+            for pname, param in model.vision_encoder.named_parameters():
+                if "rel_pos" in pname or "pos_embed" in pname:
+                    param.normal_(0.0, 0.02)
+        model = peft.get_peft_model(model, LoSamConfig())
     return model.to(device)
 
 
@@ -528,6 +531,9 @@ def parse_args(argv=None):
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     p.add_argument("--profile", action="store_true", help="print torch.profiler top ops of each fast configuration")
     p.add_argument(
+        "--profile-models", help="with --profile: only these models (comma list; default every model)"
+    )
+    p.add_argument(
         "--interleave",
         dest="interleave",
         action="store_true",
@@ -599,6 +605,30 @@ def main(argv=None) -> int:
 
     results: list[Result] = []
     profiles: dict[str, str] = {}
+    profile_models = split(args.profile_models) if args.profile_models else []
+
+    def write_json(final: bool) -> None:
+        """The results so far (after every group, so that a run cut short by a time limit keeps what it measured)."""
+        if not args.json:
+            return
+        payload = {
+            "preset": args.preset,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "machine": info,
+            "config": {k: v for k, v in cfg.items()},
+            "dtypes": dtypes,
+            "complete": final,
+            "elapsed_s": round(time.perf_counter() - started, 1),
+            "results": [asdict(r) for r in results],
+            "speedups": speedups(results),
+            "profiles": profiles,
+        }
+        path = os.path.abspath(args.json)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump(payload, fh, indent=2)
+        os.replace(path + ".tmp", path)
+
     flops_by_model: dict[str, dict[tuple, float]] = {}
     # Eager configurations of every model first, compiled ones after them: under the time budget the table then has
     # every model's eager rows before any time goes into compiling.
@@ -682,7 +712,7 @@ def main(argv=None) -> int:
             for r in runners:
                 res = r.res
                 r.finish()
-                if args.profile and res.path == "fast":
+                if args.profile and res.path == "fast" and (not profile_models or name in profile_models):
                     r.activate()
                     key = f"{name} {res.path} {res.mode} {res.dtype} b{res.batch}{' compiled' if res.compiled else ''}"
                     profiles[key] = r.profile()
@@ -718,6 +748,7 @@ def main(argv=None) -> int:
                 )
             del runners
             _cleanup(device)
+            write_json(final=False)
         del model
         gc.collect()
         if device.type == "cuda":
@@ -737,20 +768,7 @@ def main(argv=None) -> int:
         f"{'cuda max_memory_allocated' if device.type == 'cuda' else 'peak RSS above the start of a timed step'})"
     )
     if args.json:
-        payload = {
-            "preset": args.preset,
-            "argv": sys.argv[1:] if argv is None else list(argv),
-            "machine": info,
-            "config": {k: v for k, v in cfg.items()},
-            "dtypes": dtypes,
-            "elapsed_s": round(elapsed, 1),
-            "results": [asdict(r) for r in results],
-            "speedups": ratios,
-            "profiles": profiles,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        write_json(final=True)
         print(f"wrote {args.json}")
     return 0
 

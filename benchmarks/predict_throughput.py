@@ -51,13 +51,20 @@ def build_pipeline(encoder: str, image_size: int, device: str, dtype: str | None
     return LoSamPipeline(model, processor, device=device, dtype=dtype, id2label={0: "background", 1: "vessel"})
 
 
-def gather_images(folder: Path, count: int) -> str:
-    sources = sorted(DRIVE.glob("*/images/*.tif")) if DRIVE.is_dir() else []
+def gather_images(folder: Path, count: int, images_dir: Path | None = None) -> str:
+    if images_dir is not None:
+        sources = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg"))
+        if not sources:
+            raise SystemExit(f"error: {images_dir}: no .tif/.png/.jpg images")
+        what = f"{images_dir.name} ({len(sources)} distinct images, reused in turn)"
+    else:
+        sources = sorted(DRIVE.glob("*/images/*.tif")) if DRIVE.is_dir() else []
+        what = f"DRIVE ({len(sources)} distinct images, 565x584, reused in turn)"
     if sources:
         for i in range(count):
             src = sources[i % len(sources)]
             shutil.copyfile(src, folder / f"{i:03d}_{src.name}")
-        return f"DRIVE ({len(sources)} distinct images, 565x584, reused in turn)"
+        return what
     from PIL import Image
 
     from losam_peft.data.synthetic import fundus
@@ -85,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of (raw, end to end); the medians are shown")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--images-dir", type=Path, default=None,
+                        help="take the inputs from this folder (default: DRIVE's 40 images, else synthetic ones)")
     args = parser.parse_args(argv)
 
     from losam_peft.predict import default_num_workers, predict_paths
@@ -98,19 +107,25 @@ def main(argv=None) -> int:
     try:
         images = root / "images"
         images.mkdir()
-        what = gather_images(images, args.images)
+        what = gather_images(images, args.images, args.images_dir)
         files = sorted(images.iterdir())
 
         # raw forward: preprocessing done beforehand, only the model is timed
         pixel_values = torch.cat([pipe.image_processor.preprocess([str(f)])["pixel_values"] for f in files])
-        for _ in range(2):
+        def sync():  # CUDA runs asynchronously: the clock stops when the device is done
+            if torch.device(args.device).type == "cuda":
+                torch.cuda.synchronize()
+
+        for _ in range(3):
             pipe.forward_logits(pixel_values[: args.batch_size])  # warm-up
+        sync()
         raw, e2e = [], []
         for round_ in range(args.repeat):  # raw and end to end take turns, so that load hits both alike
             load = os.getloadavg()[0]
             cpu0, start = cpu_seconds(), time.perf_counter()
             for i in range(0, len(files), args.batch_size):
                 pipe.forward_logits(pixel_values[i : i + args.batch_size])
+            sync()
             raw.append((time.perf_counter() - start, cpu_seconds() - cpu0, load))
             load = os.getloadavg()[0]
             cpu0, start = cpu_seconds(), time.perf_counter()

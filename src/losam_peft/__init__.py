@@ -57,17 +57,24 @@ def _register_auto_classes() -> None:
         AutoModelForSemanticSegmentation,
     )
 
+    def register_image_processor(config_class) -> None:
+        try:
+            AutoImageProcessor.register(config_class, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)
+        except ImportError:
+            # transformers releases whose AutoImageProcessor needs torchvision (5.17 does) make it a placeholder that
+            # raises when torchvision is missing; nothing can load an image processor through it there, so there is
+            # nothing to register (LoSamImageProcessor itself still works)
+            pass
+
     AutoConfig.register(LOSAM_MODEL_TYPE, LoSamSegmentationConfig, exist_ok=True)
     AutoModelForSemanticSegmentation.register(LoSamSegmentationConfig, SamForSemanticSegmentation, exist_ok=True)
-    AutoImageProcessor.register(
-        LoSamSegmentationConfig, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True
-    )
+    register_image_processor(LoSamSegmentationConfig)
     # the DINOv2 / ViT segmentation models, each under a model_type of its own
     for model_class in BACKBONE_MODELS:
         config_class = model_class.config_class
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModelForSemanticSegmentation.register(config_class, model_class, exist_ok=True)
-        AutoImageProcessor.register(config_class, image_processor_classes={"pil": LoSamImageProcessor}, exist_ok=True)
+        register_image_processor(config_class)
 
 
 _register_auto_classes()
