@@ -28,7 +28,6 @@ from losam_peft import LoSamImageProcessor, LoSamPipeline
 from losam_peft.data.samples import Sample
 from losam_peft.data.synthetic import make_samples
 from losam_peft.fast_path import enable_fast_path
-from losam_peft.training import PreparedSamples, TrainingConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -150,6 +149,8 @@ def _samples(n=2, seed=1):
 
 
 def test_training_samples_augment_on_cuda_as_on_cpu():
+    from losam_peft.training import PreparedSamples  # (imported here: training imports datasets, the rest need not)
+
     samples = _samples(2)
     processor = LoSamImageProcessor(image_size=64)
     for jitter in ("bcs", "reference"):
@@ -168,6 +169,7 @@ def test_training_runs_on_cuda_and_its_adapter_predicts_there_as_on_cpu(tmp_path
     from helpers import tiny_config
 
     from losam_peft import SamForSemanticSegmentation
+    from losam_peft.training import TrainingConfig, train
 
     torch.manual_seed(0)
     SamForSemanticSegmentation(tiny_config()).save_pretrained(tmp_path / "base")
