@@ -121,6 +121,8 @@ class Result:
     peak_mem_kind: str = ""
     loadavg: list | None = None
     error: str | None = None
+    # seconds of the warm-up steps (for a compiled configuration: compiling, then the warm-up steps)
+    warmup_s: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -695,7 +697,9 @@ def main(argv=None) -> int:
                         r.count_flops()
                         if res.exec_gflop_per_step is not None:
                             model_flops[(mode, batch, path, ckpt)] = res.exec_gflop_per_step
+                    t0 = time.perf_counter()
                     r.warm(cfg["warmup"])
+                    res.warmup_s = round(time.perf_counter() - t0, 1)
                     runners.append(r)
                 except Exception as exc:  # keep going: one failing configuration should not lose the others
                     res.error = _error_text(exc)
@@ -743,7 +747,7 @@ def main(argv=None) -> int:
                 )
                 print(
                     f"{name:6s} {path:5s} {mode:5s} {dtype:4s} b{batch} compile={compiled} ckpt={ckpt}: {status} "
-                    f"load={res.loadavg}",
+                    f"warm-up {res.warmup_s} s, load={res.loadavg}, at {time.perf_counter() - started:.0f} s",
                     flush=True,
                 )
             del runners
