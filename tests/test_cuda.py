@@ -56,14 +56,20 @@ def test_forward_matches_stock_on_cuda(image_size, window_size, global_idx, mode
     assert out.is_cuda and rel_err(out, ref) < TOL, rel_err(out, ref)
 
 
-@pytest.mark.parametrize("image_size,window_size,global_idx", [(128, 4, (1,)), (96, 4, (1,)), (64, 14, (0,))])
-def test_prompt_gradients_match_stock_on_cuda(image_size, window_size, global_idx):
+def _prompted_encoder_on_cuda(image_size, window_size, global_idx):
+    """A frozen random encoder with stand-in prompt layers on CUDA, an input batch of 2 and a target for its output."""
     encoder = make_encoder(image_size, window_size, global_idx)
     _freeze(encoder)
     prompts = PerturbationPrompts(encoder, encoder.config.hidden_size)
     encoder.to(CUDA), prompts.to(CUDA)
     x = torch.randn(2, 3, image_size, image_size, device=CUDA)
     target = torch.randn(2, 32, image_size // 16, image_size // 16, device=CUDA)
+    return encoder, prompts, x, target
+
+
+@pytest.mark.parametrize("image_size,window_size,global_idx", [(128, 4, (1,)), (96, 4, (1,)), (64, 14, (0,))])
+def test_prompt_gradients_match_stock_on_cuda(image_size, window_size, global_idx):
+    encoder, prompts, x, target = _prompted_encoder_on_cuda(image_size, window_size, global_idx)
     ref_out, ref_grads = _train_step_grads(encoder, prompts, x, target)
     enable_fast_path(encoder)
     out, grads = _train_step_grads(encoder, prompts, x, target)
@@ -105,12 +111,7 @@ def test_folded_attention_runs_on_flash_in_bf16_and_is_close_to_float64(heads, h
 
 
 def test_bf16_autocast_on_cuda_is_as_close_to_float64_as_stock_bf16():
-    encoder = make_encoder(128, 4, (1,))
-    _freeze(encoder)
-    prompts = PerturbationPrompts(encoder, encoder.config.hidden_size)
-    encoder.to(CUDA), prompts.to(CUDA)
-    x = torch.randn(2, 3, 128, 128, device=CUDA)
-    target = torch.randn(2, 32, 8, 8, device=CUDA)
+    encoder, prompts, x, target = _prompted_encoder_on_cuda(128, 4, (1,))
     encoder.double(), prompts.double()
     ref_out, ref_grads = _train_step_grads(encoder, prompts, x.double(), target.double())
     encoder.float(), prompts.float()
@@ -127,13 +128,8 @@ def test_bf16_autocast_on_cuda_is_as_close_to_float64_as_stock_bf16():
 
 def test_compiled_fast_path_on_cuda_matches_eager():
     """Inductor's GPU code for the fast path (forward and prompt gradients) against the eager fast path, float32."""
-    encoder = make_encoder(96, 4, (1,))
-    _freeze(encoder)
-    prompts = PerturbationPrompts(encoder, encoder.config.hidden_size)
-    encoder.to(CUDA), prompts.to(CUDA)
+    encoder, prompts, x, target = _prompted_encoder_on_cuda(96, 4, (1,))
     enable_fast_path(encoder)
-    x = torch.randn(2, 3, 96, 96, device=CUDA)
-    target = torch.randn(2, 32, 6, 6, device=CUDA)
     ref_out, ref_grads = _train_step_grads(encoder, prompts, x, target)
     torch._dynamo.reset()
     compiled = torch.compile(encoder, backend="inductor")
