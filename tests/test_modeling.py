@@ -467,6 +467,23 @@ def test_full_resolution_logits_equal_the_reference_forward(tmp_path, use_fast_p
 
 
 # -- transformers' conventions ---------------------------------------------------------------------------------------
+def test_registration_without_a_usable_auto_image_processor(monkeypatch):
+    """transformers 5.17 without torchvision exposes AutoImageProcessor as a placeholder that raises ImportError:
+    importing the package must still register the config and model classes."""
+    import transformers
+
+    class Placeholder:
+        @staticmethod
+        def register(*args, **kwargs):
+            raise ImportError("AutoImageProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Placeholder)
+    losam_peft._register_auto_classes()  # no error
+    config = tiny_config()
+    assert type(AutoConfig.for_model(config.model_type)) is type(config)
+    assert type(AutoModelForSemanticSegmentation.from_config(config)) is SamForSemanticSegmentation
+
+
 def test_auto_image_processor_from_a_saved_folder(tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path)
